@@ -1,0 +1,110 @@
+"""Turning a :class:`~cnnsearch.config.SearchSpace` into Optuna suggestions, and back into parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from cnnsearch.config import DIMS, SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One concrete configuration: what a single trial trains."""
+
+    lr: float  # initial learning rate
+    decay: float  # lr factor per epoch
+    l2: float  # beta of the explicit L2 term
+    dropout: float  # probability, before the classifier
+    batch_size: int  # images per step
+    layers: int  # conv layers
+    width: int  # channels of the first conv
+    growth: float  # channel multiplier per pooling stage
+    pooling: Literal["max", "avg"]
+    batchnorm: bool
+    head: Literal["gap", "fc"]
+    optimizer: Literal["adam", "sgd"]
+    momentum: float | None = None  # only for sgd
+    hidden: int | None = None  # only for the fc head
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: SearchSpace) -> TrialParams:
+    """Ask ``trial`` for a value of each dimension that applies.
+
+    Conditional dimensions (momentum, hidden) are suggested only when their parent takes the value they
+    need, so the sampler never sees a parameter that had no effect.
+    """
+    values: dict[str, Any] = {}
+    for spec in DIMS:
+        if spec.parent is not None and values.get(spec.parent[0]) != spec.parent[1]:
+            continue
+        dim = space[spec.name]
+        if dim.is_range:
+            assert dim.low is not None and dim.high is not None
+            if dim.kind == "int":
+                values[spec.name] = trial.suggest_int(spec.name, int(dim.low), int(dim.high), log=dim.log)
+            else:
+                values[spec.name] = trial.suggest_float(spec.name, float(dim.low), float(dim.high), log=dim.log)
+        else:
+            values[spec.name] = trial.suggest_categorical(spec.name, list(dim.choices))
+    return params_from_dict(values)
+
+
+def params_from_dict(values: Mapping[str, Any]) -> TrialParams:
+    """Build :class:`TrialParams` from a mapping such as ``trial.params``."""
+    return TrialParams(
+        lr=float(values["lr"]),
+        decay=float(values["decay"]),
+        l2=float(values["l2"]),
+        dropout=float(values["dropout"]),
+        batch_size=int(values["batch_size"]),
+        layers=int(values["layers"]),
+        width=int(values["width"]),
+        growth=float(values["growth"]),
+        pooling=values["pooling"],
+        batchnorm=bool(values["batchnorm"]),
+        head=values["head"],
+        optimizer=values["optimizer"],
+        momentum=None if values.get("momentum") is None else float(values["momentum"]),
+        hidden=None if values.get("hidden") is None else int(values["hidden"]),
+    )
+
+
+STARTING_POINT: dict[str, Any] = {
+    "lr": 3e-3,
+    "decay": 0.9,
+    "l2": 1e-5,
+    "dropout": 0.1,
+    "batch_size": 64,
+    "layers": 4,
+    "width": 32,
+    "growth": 2.0,
+    "pooling": "max",
+    "batchnorm": True,
+    "head": "gap",
+    "optimizer": "adam",
+}
+"""A configuration known to work on small images (99.5% on digits); queued as the first trial."""
+
+
+def starting_point(space: SearchSpace) -> dict[str, Any]:
+    """:data:`STARTING_POINT` moved into ``space``: clipped into ranges, else the first choice."""
+    point: dict[str, Any] = {}
+    for name, value in STARTING_POINT.items():
+        dim = space[name]
+        if dim.is_range:
+            assert dim.low is not None and dim.high is not None
+            v = min(max(value, dim.low), dim.high)
+            point[name] = round(v) if dim.kind == "int" else float(v)
+        elif value in dim.choices:
+            point[name] = value
+        else:
+            point[name] = dim.choices[0]
+    return point

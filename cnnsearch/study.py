@@ -1,0 +1,450 @@
+"""The study: storage, the objective, the search loop and reading trials back.
+
+State lives in the Optuna study, not in globals: its settings as study user attributes, every fact about
+a trial (fold scores, divergence, L2 ratio) as trial user attributes, so any Optuna tool sees the same.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sqlite3
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnsearch.config import Config, settings_differences, space_from_dict
+from cnnsearch.errors import RUNTIME, CnnSearchError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from cnnsearch.data import Dataset
+    from cnnsearch.space import TrialParams
+
+SETTINGS_ATTR = "cnnsearch_settings"
+SQLITE_HEADER = b"SQLite format 3\x00"
+KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql")
+HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as stale
+MAX_RETRY = 3  # re-queues of a trial whose worker died
+
+
+# --------------------------------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class TrialStarted:
+    number: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    number: int
+    fold: int
+    epoch: int
+    folds: int
+    epochs: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class TrialFinished:
+    row: TrialRow
+    best: float | None  # best CV accuracy in the study so far
+
+
+Event = TrialStarted | EpochDone | TrialFinished
+Emit = Callable[[Event], None]
+
+
+def _ignore(_: Event) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------- storage
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:"):
+        return None
+    rest = url[len("sqlite:"):]
+    if not rest.startswith("///"):
+        raise CnnSearchError(f"--storage: {url!r} is not a SQLite URL; write sqlite:///path/to/file.db")
+    path = rest[3:]
+    if path in ("", ":memory:"):
+        raise CnnSearchError(f"--storage: {url!r} names no file; an in-memory study could not be resumed")
+    return Path(path)
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a healthy SQLite database, without writing to it."""
+    if path.is_dir():
+        raise CnnSearchError(f"--storage: {path} is a folder, not an SQLite database file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CnnSearchError(f"--storage: {path} is an empty file, not an SQLite database")
+    with path.open("rb") as fh:
+        header = fh.read(16)
+    if header != SQLITE_HEADER:
+        raise CnnSearchError(f"--storage: {path} is not an SQLite database (its header is not 'SQLite format 3')")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            result = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise CnnSearchError(f"--storage: {path} is a damaged SQLite database ({exc})") from None
+    if not result or result[0] != "ok":
+        raise CnnSearchError(f"--storage: {path} is a damaged SQLite database (quick_check: {result})")
+
+
+def existing_study_names(url: str) -> list[str]:
+    """Study names in ``url`` (for SQLite, in that file; empty if it does not exist)."""
+    import optuna
+
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        return []
+    try:
+        return sorted(s.study_name for s in optuna.get_all_study_summaries(storage=open_storage(url)))
+    except CnnSearchError:
+        return []
+
+
+def _studies_hint(url: str) -> str:
+    path = _sqlite_path(url)
+    names: list[str] = []
+    if path is not None:
+        for db in sorted(path.parent.glob("*.db")):
+            names += existing_study_names(f"sqlite:///{db}")
+    else:
+        names = existing_study_names(url)
+    return ", ".join(names) if names else "none"
+
+
+def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+    """Open an Optuna RDB storage, checking the URL and, for SQLite, the file first.
+
+    Args:
+        url: An SQLAlchemy URL (``sqlite:///studies/x.db``, ``postgresql+psycopg://...``).
+        create: Create the SQLite file (and its folder) if missing; otherwise a missing file is an error.
+        heartbeat: Enable heartbeats so that trials of killed workers are re-queued.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in KNOWN_SCHEMES:
+        raise CnnSearchError(
+            f"--storage: unknown scheme {scheme or url!r}; use sqlite:///FILE.db or postgresql+psycopg://..."
+        )
+    path = _sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        if path.exists():
+            check_sqlite_file(path)
+        elif not create:
+            raise CnnSearchError(f"--storage: no study database at {path}; studies that exist: {_studies_hint(url)}")
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CnnSearchError(f"--storage: cannot create the folder {path.parent}: {exc.strerror}") from None
+            if not os.access(path.parent, os.W_OK):
+                raise CnnSearchError(f"--storage: the folder {path.parent} is not writable")
+        if create or path.exists():
+            try:
+                con = sqlite3.connect(path, timeout=60)
+                try:
+                    # WAL lets readers (show, export) and several writers share the file without lock errors.
+                    con.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    con.close()
+            except sqlite3.Error as exc:
+                raise CnnSearchError(f"--storage: cannot write to {path}: {exc}") from None
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        }
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CnnSearchError(f"--storage: cannot open {url}: {first}", exit_code=RUNTIME) from None
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """Load an existing study; a missing one is an error listing the studies that exist."""
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = existing_study_names(url)
+        raise CnnSearchError(
+            f"--study: no study named {name!r} in {url}; studies that exist: {', '.join(names) or 'none'}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- rows
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as the tables, the CSV and the plots see it."""
+
+    number: int
+    status: str  # COMPLETE, PRUNED, DIVERGED, FAILED, RUNNING or WAITING
+    cv_mean: float | None
+    cv_std: float | None
+    fold_scores: tuple[float, ...]
+    params: dict[str, Any]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None
+
+    @property
+    def l2_dominates(self) -> bool:
+        return bool(self.attrs.get("l2_dominates", False))
+
+
+def status_of(trial: optuna.trial.FrozenTrial) -> str:
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.PRUNED and trial.user_attrs.get("diverged"):
+        return "DIVERGED"
+    if trial.state == TrialState.FAIL:
+        return "FAILED"
+    return str(trial.state.name)
+
+
+def row_of(trial: optuna.trial.FrozenTrial) -> TrialRow:
+    attrs = dict(trial.user_attrs)
+    scores = tuple(float(s) for s in attrs.get("fold_scores", []))
+    status = status_of(trial)
+    cv_mean = trial.value if status == "COMPLETE" else (statistics.fmean(scores) if scores else None)
+    cv_std = attrs.get("cv_std")
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    return TrialRow(trial.number, status, cv_mean, cv_std, scores, dict(trial.params), attrs, duration)
+
+
+def trial_rows(study: optuna.Study) -> list[TrialRow]:
+    return [row_of(t) for t in study.get_trials(deepcopy=False)]
+
+
+def sort_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """Best first: completed trials by CV accuracy, then the rest by number."""
+    order = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "DIVERGED": 3, "WAITING": 4, "FAILED": 5}
+    return sorted(rows, key=lambda r: (order.get(r.status, 9), -(r.cv_mean or 0.0), r.number))
+
+
+# ------------------------------------------------------------------------------------------ objective
+def _pruner(config: Config) -> optuna.pruners.BasePruner:
+    import optuna
+
+    run = config.run
+    if run.pruner == "median":
+        # Global steps run over all folds; warm up over the first half of the first fold.
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=max(1, run.epochs // 2))
+    if run.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=run.folds * run.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _sampler(config: Config, worker: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    n_startup = min(10, max(3, config.run.n_trials // 4))
+    return optuna.samplers.TPESampler(seed=config.run.seed + 7919 * worker, n_startup_trials=n_startup)
+
+
+def trial_seed(study_seed: int, number: int, fold: int) -> int:
+    """A seed per (trial, fold), the same whichever worker runs it."""
+    return (study_seed * 1_000_003 + number * 1_009 + fold) % (2**31)
+
+
+def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optuna.Trial], float]:
+    """The function Optuna calls: k folds of training, reported with global step ``fold * epochs + epoch``."""
+    import numpy as np
+    import optuna
+
+    from cnnsearch.data import fold_indices
+    from cnnsearch.space import suggest
+    from cnnsearch.train import Diverged, train_fold
+
+    run = config.run
+    folds = fold_indices(data.y.numpy(), run.folds, run.seed)
+
+    def objective(trial: optuna.Trial) -> float:
+        params: TrialParams = suggest(trial, config.space)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        emit(TrialStarted(trial.number, params.to_dict()))
+        scores: list[float] = []
+        ratios: list[float] = []
+        curves: list[list[float]] = []
+        for fold, (tr, va) in enumerate(folds):
+
+            def on_epoch(epoch: int, acc: float, fold: int = fold) -> None:
+                trial.report(acc, fold * run.epochs + epoch)
+                emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
+                if trial.should_prune():
+                    trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
+                    raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}")
+
+            tr_t, va_t = np.asarray(tr), np.asarray(va)
+            try:
+                result = train_fold(
+                    params, data.x[tr_t], data.y[tr_t], data.x[va_t], data.y[va_t],
+                    n_classes=data.n_classes, epochs=run.epochs, seed=trial_seed(run.seed, trial.number, fold),
+                    explode=run.explode, fold=fold, on_epoch=on_epoch,
+                )
+            except Diverged as div:
+                for key, value in div.attrs().items():
+                    trial.set_user_attr(key, value)
+                # The worst score, at a step not yet reported, so the sampler learns to avoid this region.
+                trial.report(0.0, fold * run.epochs + div.epoch)
+                raise optuna.TrialPruned(str(div)) from None
+            scores.append(result.accuracy)
+            ratios.append(result.l2_ratio)
+            curves.append(result.curve)
+            trial.set_user_attr("fold_scores", scores)
+            trial.set_user_attr("fold_l2_ratios", ratios)
+            trial.set_user_attr("curves", curves)
+            trial.set_user_attr("n_params", result.n_params)
+        std = statistics.pstdev(scores) if len(scores) > 1 else 0.0
+        trial.set_user_attr("cv_std", std)
+        trial.set_user_attr("l2_ratio", max(ratios))
+        trial.set_user_attr("l2_dominates", max(ratios) > 1.0)
+        return statistics.fmean(scores)
+
+    return objective
+
+
+# ---------------------------------------------------------------------------------------------- search
+@dataclass
+class SearchResult:
+    """What :func:`run_search` leaves behind, for rendering."""
+
+    study_name: str
+    storage_url: str
+    rows: list[TrialRow]
+    ran: int  # trials finished in this run
+    target: int
+    already_done: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def finished_count(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials that count toward the target, trials running now)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = False) -> optuna.Study:
+    """Create the study, or load it and refuse if its fixed settings differ from ``config``."""
+    import optuna
+
+    run = config.run
+    storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
+    try:
+        study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize",
+                                    load_if_exists=True, sampler=_sampler(config, 0), pruner=_pruner(config))
+    except Exception as exc:  # sqlalchemy and driver errors: report, never a traceback
+        raise CnnSearchError(f"--storage: cannot create study {run.study!r}: {exc}", exit_code=RUNTIME) from None
+    wanted = config.fixed_settings()
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, wanted)
+        from cnnsearch.space import starting_point
+
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(starting_point(config.space), skip_if_exists=True)
+        return study
+    diffs = settings_differences(stored, wanted)
+    if diffs:
+        space_only = all(k.startswith("space.") for k, _, _ in diffs)
+        if widen and space_only:
+            old, new = space_from_dict(stored["space"]), config.space
+            narrowed = [d.name for d in old.dims if not new[d.name].contains(d)]
+            if narrowed:
+                raise CnnSearchError(
+                    f"--widen-space only widens; these dimensions would lose values: {', '.join(narrowed)}"
+                )
+            study.set_user_attr(SETTINGS_ATTR, wanted)
+            return study
+        listing = "; ".join(f"{k}: stored {o!r}, given {n!r}" for k, o, n in diffs)
+        hint = " (pass --widen-space to widen the space)" if space_only else ""
+        raise CnnSearchError(
+            f"study {run.study!r} was created with other settings: {listing}. "
+            f"Run with the stored settings, or pick a new --study name{hint}"
+        )
+    return study
+
+
+def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0) -> SearchResult:
+    """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total."""
+    import optuna
+
+    from cnnsearch.data import load_dataset
+
+    run = config.run
+    _set_threads(run.threads or max(1, (os.cpu_count() or 1) // run.workers))
+    data = load_dataset(run.dataset, seed=run.seed, test_fraction=run.test_fraction, max_samples=run.max_samples)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = create_or_resume(config, widen=widen)
+    study.sampler = _sampler(config, worker)
+    study.pruner = _pruner(config)
+    objective = make_objective(config, data, emit)
+    done, _ = finished_count(study)
+    result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
+
+    def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            best: float | None = st.best_value
+        except ValueError:
+            best = None
+        emit(TrialFinished(row_of(trial), best))
+
+    while True:
+        done, running = finished_count(study)
+        if done + running >= run.n_trials:
+            break
+        # One trial per call: the target is re-checked between trials, so workers never overshoot it.
+        study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+        result.ran += 1
+    result.rows = trial_rows(study)
+    result.notes = divergence_notes(result.rows)
+    return result
+
+
+def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:
+    """Plain-language advice when trials diverged."""
+    diverged = [r for r in rows if r.status == "DIVERGED"]
+    if not diverged:
+        return []
+    lrs = [float(r.params["lr"]) for r in diverged if "lr" in r.params]
+    lowest = min(lrs) if lrs else math.nan
+    notes = [f"{len(diverged)} of {len(rows)} trials diverged, from lr {lowest:.3g} upward."]
+    if all(r.status in ("DIVERGED", "FAILED") for r in rows):
+        notes.append(f"Every trial diverged: try a lower range, e.g. --lr {lowest / 1000:.0e}:{lowest / 10:.0e}")
+    else:
+        notes.append(f"Consider an upper --lr bound below {lowest:.3g}.")
+    return notes
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+

@@ -1,0 +1,193 @@
+"""Training one fold: a single flat loop with the divergence check at the step where the loss is computed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from cnnsearch.space import TrialParams
+
+DivergenceKind = Literal["nan", "inf", "explode"]
+EVAL_BATCH = 1024  # images per evaluation forward pass; large batches amortise per-call overhead
+
+
+class Diverged(Exception):
+    """The loss (or the weights) left the finite, sane range; the trial stops here."""
+
+    def __init__(self, kind: DivergenceKind, *, fold: int, epoch: int, step: int, lr: float,
+                 value: float) -> None:
+        super().__init__(f"{kind} at fold {fold}, epoch {epoch}, step {step} (lr {lr:.3g}, loss {value:.3g})")
+        self.kind = kind
+        self.fold = fold
+        self.epoch = epoch
+        self.step = step  # optimizer step within the fold, counted from 0
+        self.lr = lr
+        self.value = value
+
+    def attrs(self) -> dict[str, float | int | str | bool]:
+        """Trial user attributes describing where it happened."""
+        return {
+            "diverged": True,
+            "diverged_kind": self.kind,
+            "diverged_fold": self.fold,
+            "diverged_epoch": self.epoch,
+            "diverged_step": self.step,
+            "diverged_lr": self.lr,
+            "diverged_value": self.value if math.isfinite(self.value) else str(self.value),
+        }
+
+
+@dataclass
+class FoldResult:
+    """What one fold's training produced."""
+
+    accuracy: float  # validation accuracy after the last epoch
+    curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+    l2_ratio: float = 0.0  # beta * sum(w^2) / cross-entropy, over the last epoch
+    n_params: int = 0
+
+
+EpochHook = Callable[[int, float], None]
+"""Called after each epoch with (epoch, validation accuracy); may raise ``optuna.TrialPruned``."""
+
+
+def _classify(value: float) -> DivergenceKind:
+    return "nan" if math.isnan(value) else "inf"
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
+             shift: torch.Tensor) -> float:
+    """Accuracy of ``model`` on uint8 images ``x``, normalised with ``scale`` and ``shift``."""
+    import torch
+
+    if len(y) == 0:
+        return float("nan")
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=y.device)
+    with torch.inference_mode():
+        for i in range(0, len(y), EVAL_BATCH):
+            xb = x[i:i + EVAL_BATCH].float().mul_(scale).add_(shift)
+            correct += (model(xb).argmax(1) == y[i:i + EVAL_BATCH]).sum()
+    return int(correct.item()) / len(y)
+
+
+def normalisation(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) so that ``x.float() * scale + shift`` standardises each channel of the training images."""
+    from cnnsearch.data import channel_stats
+
+    mean, std = channel_stats(x_train)
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
+    import torch
+
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum or 0.0)
+    return torch.optim.Adam(model.parameters(), lr=params.lr)
+
+
+def train_fold(
+    params: TrialParams,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    n_classes: int,
+    epochs: int,
+    seed: int,
+    explode: float = 100.0,
+    fold: int = 0,
+    on_epoch: EpochHook | None = None,
+) -> FoldResult:
+    """Train a fresh model on one fold and score it on the validation part after every epoch.
+
+    Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
+    shuffled index and normalised on the fly with statistics of ``x_train`` alone.
+
+    Raises:
+        Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
+            the weights stopped being finite.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from cnnsearch.model import build_model, count_params, l2_term, l2_weights
+
+    device = x_train.device
+    torch.manual_seed(seed)  # weight init and dropout
+    gen = torch.Generator(device=device).manual_seed(seed)  # batch order
+    _, c, h, w = x_train.shape
+    model = build_model(params, int(c), min(int(h), int(w)), n_classes).to(device)
+    weights = l2_weights(model)
+    opt = make_optimizer(params, model)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
+    scale, shift = normalisation(x_train)
+    beta = params.l2
+    n, bs = len(y_train), params.batch_size
+    # On CUDA a per-step .item() would sync the device; there the check reads a window of steps at once.
+    check_every = 1 if device.type == "cpu" else 16
+    pending: list[torch.Tensor] = []
+    threshold = math.inf
+    step = 0
+    curve: list[float] = []
+    ce_sum = torch.zeros((), device=device)
+    ce_count = 0
+
+    def check(epoch: int) -> None:
+        nonlocal threshold
+        values = torch.stack(pending).tolist() if len(pending) > 1 else [pending[0].item()]
+        first = step - len(values)
+        pending.clear()
+        for k, v in enumerate(values):
+            if threshold == math.inf and math.isfinite(v):
+                threshold = explode * max(v, 1e-3)  # the loss at initialisation sets the scale
+            if not math.isfinite(v) or v > threshold:
+                kind = _classify(v) if not math.isfinite(v) else "explode"
+                raise Diverged(kind, fold=fold, epoch=epoch, step=first + k, lr=opt.param_groups[0]["lr"],
+                               value=v)
+
+    for epoch in range(epochs):
+        model.train()
+        ce_sum.zero_()
+        ce_count = 0
+        perm = torch.randperm(n, generator=gen, device=device)
+        for start in range(0, n, bs):
+            idx = perm[start:start + bs]
+            xb = x_train[idx].float().mul_(scale).add_(shift)
+            ce = F.cross_entropy(model(xb), y_train[idx])
+            loss = ce + beta * l2_term(weights) if beta > 0 else ce
+            pending.append(loss.detach())
+            step += 1
+            if len(pending) >= check_every:
+                check(epoch)
+            ce_sum += ce.detach()
+            ce_count += 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        if pending:
+            check(epoch)
+        # Weights that stopped being finite at the last step would otherwise surface only as garbage scores.
+        with torch.no_grad():
+            bad = torch.stack([p.detach().abs().max() for p in weights]).max().item()
+        if not math.isfinite(bad):
+            raise Diverged(_classify(bad), fold=fold, epoch=epoch, step=step - 1,
+                           lr=opt.param_groups[0]["lr"], value=bad)
+        sched.step()
+        acc = evaluate(model, x_val, y_val, scale, shift)
+        curve.append(acc)
+        if on_epoch is not None:
+            on_epoch(epoch, acc)
+    with torch.no_grad():
+        l2 = beta * float(l2_term(weights).item()) if beta > 0 else 0.0
+    mean_ce = float(ce_sum.item()) / max(ce_count, 1)
+    ratio = l2 / mean_ce if mean_ce > 0 else (math.inf if l2 > 0 else 0.0)
+    return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model))

@@ -1,0 +1,112 @@
+"""End-to-end `cnnsearch run` and `show`, in-process, on a real SQLite file and real digits data."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+from typer.testing import CliRunner
+
+from cnnsearch.cli import app
+from tests.conftest import TINY
+
+
+def load(name: str = "t") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///studies/{name}.db")
+
+
+def test_run_creates_study_and_prints_table(runner: CliRunner, in_tmp: Path) -> None:
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert (in_tmp / "studies" / "t.db").is_file()
+    study = load()
+    trials = study.get_trials()
+    assert len(trials) == 2
+    assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    first = trials[0]
+    assert first.params["lr"] == 3e-3  # the enqueued starting point runs first
+    assert len(first.user_attrs["fold_scores"]) == 2
+    assert 0 <= first.value <= 1
+    assert "cv_std" in first.user_attrs and "l2_ratio" in first.user_attrs
+    settings = study.user_attrs["cnnsearch_settings"]
+    assert settings["folds"] == 2 and settings["dataset"] == "digits" and settings["space"]["lr"] == "0.0001:0.03"
+    assert "Best trials of t" in result.output
+    assert "trial   0 COMPLETE" in result.output
+    assert "cnnsearch run --study t" in result.output and "cnnsearch show --study t" in result.output
+
+
+def test_resume_reaches_the_total_not_n_more(runner: CliRunner) -> None:
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "2", *TINY]).exit_code == 0
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "3", *TINY])
+    assert result.exit_code == 0, result.output
+    assert len(load().get_trials()) == 3
+    again = runner.invoke(app, ["run", "--study", "t", "-n", "3", *TINY])
+    assert again.exit_code == 0
+    assert "already has 3 finished trials" in again.output
+    assert len(load().get_trials()) == 3
+
+
+def test_resume_with_changed_settings_is_refused_and_study_intact(runner: CliRunner, in_tmp: Path) -> None:
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "2", *TINY]).exit_code == 0
+    before = [(t.number, t.value) for t in load().get_trials()]
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "3", "--epochs", "2", "--folds", "2",
+                                 "--max-samples", "200", "--lr", "1e-3:1e-2"])
+    assert result.exit_code == 2
+    assert "epochs: stored 1, given 2" in result.stderr
+    assert "space.lr: stored '0.0001:0.03', given '0.001:0.01'" in result.stderr
+    assert "Traceback" not in result.output
+    assert [(t.number, t.value) for t in load().get_trials()] == before
+    con = sqlite3.connect(in_tmp / "studies" / "t.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_widen_space_opt_in(runner: CliRunner) -> None:
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "1", *TINY, "--lr", "1e-3:1e-2"]).exit_code == 0
+    narrower = runner.invoke(app, ["run", "--study", "t", "-n", "2", *TINY, "--lr", "2e-3:1e-2", "--widen-space"])
+    assert narrower.exit_code == 2 and "lr" in narrower.stderr
+    wider = runner.invoke(app, ["run", "--study", "t", "-n", "2", *TINY, "--lr", "1e-4:1e-2", "--widen-space"])
+    assert wider.exit_code == 0, wider.output
+    assert load().user_attrs["cnnsearch_settings"]["space"]["lr"] == "0.0001:0.01"
+
+
+def test_every_trial_diverging_ends_normally_with_advice(runner: CliRunner) -> None:
+    # 160 images and 2 folds make 2 steps an epoch: 3 epochs give the loss time to blow up.
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "2", "--epochs", "3", "--folds", "2",
+                                 "--max-samples", "200", "--lr", "100:1000",
+                                 "--optimizer", "sgd", "--batchnorm", "false", "--l2", "0"])
+    assert result.exit_code == 0, result.output
+    trials = load().get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    for t in trials:
+        assert t.user_attrs["diverged"] is True
+        assert t.user_attrs["diverged_kind"] in ("nan", "inf", "explode")
+        assert t.user_attrs["diverged_fold"] == 0 and t.user_attrs["diverged_epoch"] in (0, 1, 2)
+        assert 0 < t.user_attrs["diverged_lr"] <= t.params["lr"]  # the decayed lr at that step
+        assert t.intermediate_values  # reported with the worst value, so the sampler learns
+        assert min(t.intermediate_values.values()) == 0.0
+    assert "DIVERGED" in result.output
+    assert "2 of 2 trials diverged" in result.output and "Every trial diverged" in result.output
+    # The study is still usable: show reads it.
+    shown = runner.invoke(app, ["show", "--study", "t"])
+    assert shown.exit_code == 0 and "DIVERGED" in shown.output
+
+
+def test_same_seed_same_params_and_scores(runner: CliRunner, in_tmp: Path, monkeypatch: object) -> None:
+    args = ["run", "-n", "3", *TINY, "--seed", "5", "--threads", "1"]
+    assert runner.invoke(app, [*args, "--study", "a"]).exit_code == 0
+    assert runner.invoke(app, [*args, "--study", "b"]).exit_code == 0
+    a, b = load("a").get_trials(), load("b").get_trials()
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.user_attrs.get("fold_scores") for t in a] == [t.user_attrs.get("fold_scores") for t in b]
+    other = ["run", "-n", "3", *TINY, "--seed", "6", "--threads", "1", "--study", "c"]
+    assert runner.invoke(app, other).exit_code == 0
+    assert [t.params for t in load("c").get_trials()][1:] != [t.params for t in a][1:]
+
+
+def test_show_missing_study_lists_existing(runner: CliRunner) -> None:
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "1", *TINY]).exit_code == 0
+    result = runner.invoke(app, ["show", "--study", "nope"])
+    assert result.exit_code == 2
+    assert "nope" in result.stderr and "studies that exist: t" in result.stderr
+    assert not Path("studies/nope.db").exists()
