@@ -66,25 +66,42 @@ def _space_opt(name: str, help_text: str) -> Any:
     return typer.Option(f"--{name}", help=f"{help_text} {SPACE_HELP}", rich_help_panel="Search space")
 
 
+def _default(name: str) -> str:
+    """``[default: X]`` for a RunSettings field, for help texts of options whose CLI default is None."""
+    from dataclasses import fields
+
+    from cnnsearch.config import RunSettings
+
+    for f in fields(RunSettings):
+        if f.name == name:
+            return f"[default: {f.default}]"
+    raise KeyError(name)
+
+
 @app.command()
 @handle_errors
 def run(
-    study: StudyOpt = "digits",
+    study: Annotated[str | None, typer.Option("--study", "-s", help="Name of the study; also names its SQLite "
+                                              "file. [default: digits]")] = None,
     storage: StorageOpt = None,
-    n_trials: Annotated[int, typer.Option("--n-trials", "-n", min=1,
-                                          help="Finished trials the study should hold in total (a resume "
-                                               "runs only the missing ones).")] = 24,
-    folds: Annotated[int, typer.Option(min=2, help="Stratified cross-validation folds.")] = 3,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per fold.")] = 15,
-    seed: Annotated[int, typer.Option(min=0, help="Seed for the sampler, the data split and training.")] = 0,
-    pruner: Annotated[Pruner, typer.Option(help="Stop hopeless trials early: median, hyperband or none.")] = (
-        Pruner.median),
-    dataset: Annotated[str, typer.Option(help="Data to search on: digits (scikit-learn's bundled 8x8 digits).")] = (
-        "digits"),
-    explode: Annotated[float, typer.Option(
-        help="A trial diverges when its loss exceeds this multiple of its first-step loss.")] = 100.0,
-    test_fraction: Annotated[float, typer.Option(
-        help="Share of the data held out for the final retrain; the search never sees it.")] = 0.2,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", "-n", min=1,
+                                                 help="Finished trials the study should hold in total (a resume "
+                                                      f"runs only the missing ones). {_default('n_trials')}")] = None,
+    folds: Annotated[int | None, typer.Option(min=2, help=f"Stratified cross-validation folds. {_default('folds')}")]
+    = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help=f"Training epochs per fold. {_default('epochs')}")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed for the sampler, the data split and training. "
+                                                         f"{_default('seed')}")] = None,
+    pruner: Annotated[Pruner | None, typer.Option(help="Stop hopeless trials early: median, hyperband or none. "
+                                                       f"{_default('pruner')}")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Data to search on: digits (scikit-learn's bundled 8x8 "
+                                                     f"digits). {_default('dataset')}")] = None,
+    explode: Annotated[float | None, typer.Option(
+        help=f"A trial diverges when its loss exceeds this multiple of its first-step loss. {_default('explode')}"
+    )] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        help="Share of the data held out for the final retrain; the search never sees it. "
+             f"{_default('test_fraction')}")] = None,
     max_samples: Annotated[int | None, typer.Option(
         help="Search on a stratified subsample of this many images (quick trial runs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,
@@ -113,13 +130,18 @@ def run(
     from cnnsearch.report import SearchProgress
     from cnnsearch.study import run_search
 
-    given = {"lr": lr, "decay": decay, "l2": l2, "dropout": dropout, "batch_size": batch_size, "layers": layers,
-             "width": width, "growth": growth, "pooling": pooling, "batchnorm": batchnorm, "head": head,
-             "optimizer": optimizer, "momentum": momentum, "hidden": hidden}
-    space = build_space({k: v for k, v in given.items() if v is not None}, allow_deep=allow_deep)
-    settings = RunSettings(study=study, storage=storage, n_trials=n_trials, folds=folds, epochs=epochs, seed=seed,
-                           pruner=pruner.value, dataset=dataset, explode=explode, test_fraction=test_fraction,
-                           max_samples=max_samples, threads=threads, allow_deep=allow_deep)
+    # Options left out are None: only what the user gave overrides the defaults (RunSettings, DIMS).
+    space_given = {"lr": lr, "decay": decay, "l2": l2, "dropout": dropout, "batch_size": batch_size,
+                   "layers": layers, "width": width, "growth": growth, "pooling": pooling, "batchnorm": batchnorm,
+                   "head": head, "optimizer": optimizer, "momentum": momentum, "hidden": hidden}
+    run_given: dict[str, Any] = {
+                 "study": study, "storage": storage, "n_trials": n_trials, "folds": folds, "epochs": epochs,
+                 "seed": seed, "pruner": pruner.value if pruner else None, "dataset": dataset, "explode": explode,
+                 "test_fraction": test_fraction, "max_samples": max_samples, "threads": threads,
+                 "allow_deep": allow_deep or None,
+    }
+    space = build_space({k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)
+    settings = RunSettings(**{k: v for k, v in run_given.items() if v is not None})
     config = Config(run=settings, space=space)
     try:
         with SearchProgress(console, target=settings.n_trials) as progress:
