@@ -105,6 +105,8 @@ def run(
     max_samples: Annotated[int | None, typer.Option(
         help="Search on a stratified subsample of this many images (quick trial runs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Stop starting new trials after this many seconds (the running trial finishes).")] = None,
     widen_space: Annotated[bool, typer.Option(
         "--widen-space", help="Allow resuming with a space that contains the stored one.")] = False,
     allow_deep: Annotated[bool, typer.Option(
@@ -138,6 +140,7 @@ def run(
                  "study": study, "storage": storage, "n_trials": n_trials, "folds": folds, "epochs": epochs,
                  "seed": seed, "pruner": pruner.value if pruner else None, "dataset": dataset, "explode": explode,
                  "test_fraction": test_fraction, "max_samples": max_samples, "threads": threads,
+                 "timeout": timeout,
                  "allow_deep": allow_deep or None,
     }
     space = build_space({k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)

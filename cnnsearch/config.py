@@ -266,6 +266,7 @@ class RunSettings:
     workers: int = 1  # worker processes
     allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
     threads: int | None = None  # torch intra-op threads per worker; None -> cores / workers
+    timeout: float | None = None  # seconds; no new trial starts after this much wall time in this run
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -285,6 +286,8 @@ class RunSettings:
             raise CnnSearchError(f"--pruner: unknown pruner {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
         if self.max_samples is not None and self.max_samples < 2:
             raise CnnSearchError(f"--max-samples must be at least 2 but got {self.max_samples}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise CnnSearchError(f"--timeout must be a positive number of seconds but got {self.timeout}")
         if self.threads is not None and self.threads < 1:
             raise CnnSearchError(f"--threads must be at least 1 but got {self.threads}")
         if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):

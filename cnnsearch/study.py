@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,7 +416,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
             best = None
         emit(TrialFinished(row_of(trial), best))
 
-    while True:
+    deadline = math.inf if run.timeout is None else time.monotonic() + run.timeout
+    while time.monotonic() < deadline:
         done, running = finished_count(study)
         if done + running >= run.n_trials:
             break

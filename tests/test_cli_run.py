@@ -110,3 +110,11 @@ def test_show_missing_study_lists_existing(runner: CliRunner) -> None:
     assert result.exit_code == 2
     assert "nope" in result.stderr and "studies that exist: t" in result.stderr
     assert not Path("studies/nope.db").exists()
+
+
+def test_timeout_stops_starting_trials(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert len(load().get_trials()) == 1  # the first trial starts before the deadline and finishes
+    bad = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0"])
+    assert bad.exit_code == 2 and "--timeout must be a positive number of seconds but got 0" in bad.stderr
