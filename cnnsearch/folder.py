@@ -33,11 +33,16 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def scan(root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """Class names and (relative path, class index) of every image file, in a stable sorted order.
+FileEntry = tuple[str, int, int, int]
+"""(path relative to the root, class index, size in bytes, modification time in ns) of one image file."""
+
+
+def scan(root: Path) -> tuple[tuple[str, ...], list[FileEntry]]:
+    """Class names and every image file, in a stable sorted order.
 
     Hidden folders and files (``.ipynb_checkpoints``, ``.DS_Store``) are not classes or images; files with
-    no image extension are ignored.
+    no image extension are ignored. One ``scandir`` pass also reads each file's size and modification time,
+    which key the cache (a cache hit must cost little more than this scan).
     """
     label = f"--dataset folder:{root}"
     if not root.is_dir():
@@ -46,25 +51,32 @@ def scan(root: Path) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
     if not classes:
         raise CnnSearchError(f"{label}: holds no class subfolders; put each class's images in its own subfolder")
     exts = image_extensions()
-    files: list[tuple[str, int]] = []
+    files: list[FileEntry] = []
     for index, name in enumerate(classes):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames
-                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts]
+        found: list[FileEntry] = []
+        pending = [name]
+        while pending:
+            rel_dir = pending.pop()
+            for entry in os.scandir(root / rel_dir):
+                if entry.name.startswith("."):
+                    continue
+                rel = f"{rel_dir}/{entry.name}"
+                if entry.is_dir():
+                    pending.append(rel)
+                elif os.path.splitext(entry.name)[1].lower() in exts:
+                    st = entry.stat()  # follows symlinks, like ImageFolder
+                    found.append((rel, index, st.st_size, st.st_mtime_ns))
         if not found:
             raise CnnSearchError(f"{label}: class folder {name!r} holds no images")
-        files += [(p, index) for p in sorted(found)]
+        files += sorted(found)
     return classes, files
 
 
-def cache_key(root: Path, files: list[tuple[str, int]], image_size: int | None) -> str:
+def cache_key(files: list[FileEntry], image_size: int | None) -> str:
     """sha256 over each image's relative path, class, size and modification time, and the image size asked for."""
     h = hashlib.sha256(f"v{CACHE_VERSION} size={image_size}\n".encode())
-    for rel, index in files:
-        st = os.stat(root / rel)
-        h.update(f"{rel}\t{index}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for rel, index, size, mtime_ns in files:
+        h.update(f"{rel}\t{index}\t{size}\t{mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -94,18 +106,17 @@ def decode(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
 
 
-def _decode_all(root: Path, files: list[tuple[str, int]], image_size: int | None,
+def _decode_all(root: Path, files: list[FileEntry], image_size: int | None,
                 strict: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import numpy as np
     import torch
-    from torchvision.transforms.v2 import functional as TF
 
     label = f"--dataset folder:{root}"
     images: list[torch.Tensor] = []
     labels: list[int] = []
     kept: list[str] = []
     skipped: list[str] = []
-    for rel, index in files:
+    for rel, index, _, _ in files:
         try:
             img = decode(root / rel)
         except ValueError as exc:
@@ -115,6 +126,8 @@ def _decode_all(root: Path, files: list[tuple[str, int]], image_size: int | None
             skipped.append(rel)
             continue
         if image_size is not None and img.shape[1:] != (image_size, image_size):
+            from torchvision.transforms.v2 import functional as TF  # only when resizing: a slow import
+
             img = TF.resize(img, [image_size, image_size], antialias=True)
         images.append(img)
         labels.append(index)
@@ -178,7 +191,7 @@ def load_folder(root: Path, *, image_size: int | None, strict: bool, cache_dir: 
 
     label = f"--dataset folder:{root}"
     classes, files = scan(root)
-    key = cache_key(root, files, image_size)
+    key = cache_key(files, image_size)
     path = cache_dir / f"{key[:32]}.pt"
     blob = _read_cache(path)
     warnings: list[str] = []
