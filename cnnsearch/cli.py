@@ -112,8 +112,9 @@ def run(
         help=f"A trial diverges when its loss exceeds this multiple of its first-step loss. {_default('explode')}"
     )] = None,
     test_fraction: Annotated[float | None, typer.Option(
-        help="Share of the data held out for the final retrain; the search never sees it. "
-             f"{_default('test_fraction')}")] = None,
+        help="Share of the data held out for the final retrain; the search never sees it. Sources with an "
+             f"official test split (torchvision datasets, NPZ with x_test) keep theirs. {_default('test_fraction')}")
+    ] = None,
     max_samples: Annotated[int | None, typer.Option(
         help="Search on a stratified subsample of this many images (quick trial runs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,

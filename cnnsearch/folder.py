@@ -153,9 +153,7 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
     try:
         blob = torch.load(path, weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # a damaged or foreign cache file is only a miss: decode again and overwrite it
+    except Exception:  # missing, damaged or foreign: only a miss, so decode again and overwrite it
         return None
     if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
         return None

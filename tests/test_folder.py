@@ -70,6 +70,11 @@ def test_second_load_hits_the_cache(mnist_folder: Path, data_cache: Path) -> Non
     assert elapsed < 1.0
     assert np.array_equal(first.x.numpy(), second.x.numpy()) and np.array_equal(first.y.numpy(), second.y.numpy())
     assert first.record() == second.record()
+    # A damaged cache file is only a miss: decoded again, rewritten, same images.
+    cached[0].write_bytes(b"not a torch file")
+    load_dataset.cache_clear()
+    third = load_dataset(f"folder:{mnist_folder}", seed=0)
+    assert third.info.startswith("decoded 300 images") and third.record() == first.record()
 
 
 def test_cache_follows_the_folder_content(tmp_path: Path, mnist: tuple[np.ndarray, np.ndarray],
