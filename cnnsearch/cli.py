@@ -94,14 +94,27 @@ def run(
                                                          f"{_default('seed')}")] = None,
     pruner: Annotated[Pruner | None, typer.Option(help="Stop hopeless trials early: median, hyperband or none. "
                                                        f"{_default('pruner')}")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Data to search on: digits (scikit-learn's bundled 8x8 "
-                                                     f"digits). {_default('dataset')}")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "
+             "cifar10 or cifar100 (torchvision, in --data-dir); folder:PATH (one subfolder of images per class); "
+             f"npz:PATH (arrays x and y). {_default('dataset')}")] = None,
+    data_dir: Annotated[str | None, typer.Option(
+        help="Folder for torchvision's dataset files (in torchvision's layout) and the decoded-image cache. "
+             "Default: $CNNSEARCH_DATA_DIR, else ~/.cache/cnnsearch.")] = None,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Let torchvision download missing dataset files; without it nothing is fetched.")] = False,
+    image_size: Annotated[int | None, typer.Option(
+        min=4, help="Resize every image to this many pixels square. Default: keep the images' size (a folder "
+                    "of mixed sizes needs it).")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Stop at an unreadable image in a folder instead of skipping it with a warning.")] = False,
     explode: Annotated[float | None, typer.Option(
         help=f"A trial diverges when its loss exceeds this multiple of its first-step loss. {_default('explode')}"
     )] = None,
     test_fraction: Annotated[float | None, typer.Option(
-        help="Share of the data held out for the final retrain; the search never sees it. "
-             f"{_default('test_fraction')}")] = None,
+        help="Share of the data held out for the final retrain; the search never sees it. Sources with an "
+             f"official test split (torchvision datasets, NPZ with x_test) keep theirs. {_default('test_fraction')}")
+    ] = None,
     max_samples: Annotated[int | None, typer.Option(
         help="Search on a stratified subsample of this many images (quick trial runs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,
@@ -126,26 +139,39 @@ def run(
     momentum: Annotated[str | None, _space_opt("momentum", "SGD momentum [default: 0.8:0.99].")] = None,
     hidden: Annotated[str | None, _space_opt("hidden", "Hidden units of the fc head [default: 64,128,256].")] = (
         None),
+    augment: Annotated[str | None, _space_opt(
+        "augment", "Augmentation of training batches: none, flip (random left-right mirror), crop (random shift "
+                   "by padding and cropping) or flip+crop; none,crop searches both. Flip is off by default "
+                   "because mirroring changes the meaning of digits and text [default: none].")] = None,
 ) -> None:
     """Run or resume a cross-validated search (default: the digits study)."""
     from cnnsearch.config import Config, RunSettings, build_space
+    from cnnsearch.data import dataset_for
     from cnnsearch.report import SearchProgress
     from cnnsearch.study import run_search
 
     # Options left out are None: only what the user gave overrides the defaults (RunSettings, DIMS).
     space_given = {"lr": lr, "decay": decay, "l2": l2, "dropout": dropout, "batch_size": batch_size,
                    "layers": layers, "width": width, "growth": growth, "pooling": pooling, "batchnorm": batchnorm,
-                   "head": head, "optimizer": optimizer, "momentum": momentum, "hidden": hidden}
+                   "head": head, "optimizer": optimizer, "momentum": momentum, "hidden": hidden,
+                   "augment": augment}
     run_given: dict[str, Any] = {
                  "study": study, "storage": storage, "n_trials": n_trials, "folds": folds, "epochs": epochs,
                  "seed": seed, "pruner": pruner.value if pruner else None, "dataset": dataset, "explode": explode,
                  "test_fraction": test_fraction, "max_samples": max_samples, "threads": threads,
                  "timeout": timeout,
-                 "allow_deep": allow_deep or None,
+                 "allow_deep": allow_deep or None, "data_dir": data_dir, "download": download or None,
+                 "image_size": image_size, "strict": strict or None,
     }
     space = build_space({k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)
     settings = RunSettings(**{k: v for k, v in run_given.items() if v is not None})
     config = Config(run=settings, space=space)
+    # Loaded here to show what the search runs on (and any skipped images) before it starts; run_search
+    # gets the same object from the per-process cache.
+    data = dataset_for(settings)
+    console.print(data.describe(), highlight=False, markup=False, soft_wrap=True)
+    for warning in data.warnings:
+        err_console.print(f"Warning: {warning}", markup=False, highlight=False)
     try:
         with SearchProgress(console, target=settings.n_trials) as progress:
             result = run_search(config, progress, widen=widen_space)

@@ -12,12 +12,15 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from cnnsearch.errors import CnnSearchError
+from cnnsearch.sources import check_name
 
 Value = float | int | str | bool
 Kind = Literal["float", "int", "str", "bool"]
 PrunerName = Literal["median", "hyperband", "none"]
 
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
+AUGMENTS: tuple[str, ...] = ("none", "flip", "crop", "flip+crop")
+"""Augmentations of training batches; ``+`` combines two, since ``,`` separates choices in a space option."""
 MAX_LAYERS = 12
 """Deeper plain CNNs need tricks (residuals) this tool does not build; ``allow_deep`` lifts the cap."""
 
@@ -62,6 +65,8 @@ DIMS: tuple[DimSpec, ...] = (
             max_open=True, parent=("optimizer", "sgd")),
     DimSpec("hidden", "int", "Hidden units of the fc head (only used with head=fc).", "64,128,256", min=1,
             parent=("head", "fc")),
+    DimSpec("augment", "str", "Training-batch augmentation: none, flip, crop or flip+crop.", "none",
+            names=AUGMENTS),
 )
 DIM_BY_NAME: dict[str, DimSpec] = {d.name: d for d in DIMS}
 
@@ -267,6 +272,10 @@ class RunSettings:
     allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
     threads: int | None = None  # torch intra-op threads per worker; None -> cores / workers
     timeout: float | None = None  # seconds; no new trial starts after this much wall time in this run
+    data_dir: str | None = None  # torchvision files and the image-folder cache; None -> $CNNSEARCH_DATA_DIR or ~/.cache
+    download: bool = False  # let torchvision fetch missing dataset files
+    image_size: int | None = None  # resize every image to this square size (pixels); None keeps the source's
+    strict: bool = False  # an unreadable image in a folder is an error instead of a skipped file
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -290,6 +299,9 @@ class RunSettings:
             raise CnnSearchError(f"--timeout must be a positive number of seconds but got {self.timeout}")
         if self.threads is not None and self.threads < 1:
             raise CnnSearchError(f"--threads must be at least 1 but got {self.threads}")
+        if self.image_size is not None and self.image_size < 4:
+            raise CnnSearchError(f"--image-size must be at least 4 (pixels) but got {self.image_size}")
+        check_name(self.dataset)
         if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
             raise CnnSearchError(f"--study: {self.study!r} is not a valid name; use letters, digits, - and _")
 
@@ -299,7 +311,7 @@ class RunSettings:
 
 
 FIXED_SETTINGS: tuple[str, ...] = ("dataset", "folds", "epochs", "seed", "explode", "test_fraction",
-                                   "max_samples")
+                                   "max_samples", "image_size")
 """Settings that define a study: resuming with other values would mix incomparable trials."""
 
 
@@ -321,12 +333,12 @@ def settings_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> l
     """(key, stored, new) for each fixed setting or space dimension that differs."""
     diffs: list[tuple[str, Any, Any]] = []
     for key in dict.fromkeys([*stored, *new]):
-        if key == "space":
-            old_space, new_space = stored.get("space", {}), new.get("space", {})
-            for dim in dict.fromkeys([*old_space, *new_space]):
-                if old_space.get(dim) != new_space.get(dim):
-                    diffs.append((f"space.{dim}", old_space.get(dim), new_space.get(dim)))
-        elif stored.get(key) != new.get(key):
+        old_value, new_value = stored.get(key), new.get(key)
+        if isinstance(old_value, Mapping) and isinstance(new_value, Mapping):  # space, data: name each entry
+            for sub in dict.fromkeys([*old_value, *new_value]):
+                if old_value.get(sub) != new_value.get(sub):
+                    diffs.append((f"{key}.{sub}", old_value.get(sub), new_value.get(sub)))
+        elif old_value != new_value:
             diffs.append((key, stored.get(key), new.get(key)))
     return diffs
 
@@ -336,6 +348,7 @@ def run_settings_fields() -> list[str]:
 
 
 __all__ = [
+    "AUGMENTS",
     "DIMS",
     "DIM_BY_NAME",
     "FIXED_SETTINGS",

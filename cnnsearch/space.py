@@ -30,6 +30,7 @@ class TrialParams:
     optimizer: Literal["adam", "sgd"]
     momentum: float | None = None  # only for sgd
     hidden: int | None = None  # only for the fc head
+    augment: Literal["none", "flip", "crop", "flip+crop"] = "none"  # applied to training batches only
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -74,6 +75,7 @@ def params_from_dict(values: Mapping[str, Any]) -> TrialParams:
         optimizer=values["optimizer"],
         momentum=None if values.get("momentum") is None else float(values["momentum"]),
         hidden=None if values.get("hidden") is None else int(values["hidden"]),
+        augment=values.get("augment", "none"),
     )
 
 
@@ -90,6 +92,7 @@ STARTING_POINT: dict[str, Any] = {
     "batchnorm": True,
     "head": "gap",
     "optimizer": "adam",
+    "augment": "none",
 }
 """A configuration known to work on small images (99.5% on digits); queued as the first trial."""
 

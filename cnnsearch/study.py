@@ -351,8 +351,13 @@ def finished_count(study: optuna.Study) -> tuple[int, int]:
     return len(trials) - running, running
 
 
-def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = False) -> optuna.Study:
-    """Create the study, or load it and refuse if its fixed settings differ from ``config``."""
+def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = False,
+                     data: Dataset | None = None) -> optuna.Study:
+    """Create the study, or load it and refuse if its fixed settings differ from ``config``.
+
+    With ``data``, its :meth:`~cnnsearch.data.Dataset.record` (content, shape and the exact split) is part of
+    the fixed settings, so a resume on changed images or another split is refused.
+    """
     import optuna
 
     run = config.run
@@ -363,6 +368,8 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     except Exception as exc:  # sqlalchemy and driver errors: report, never a traceback
         raise CnnSearchError(f"--storage: cannot create study {run.study!r}: {exc}", exit_code=RUNTIME) from None
     wanted = config.fixed_settings()
+    if data is not None:
+        wanted["data"] = data.record()
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
@@ -385,6 +392,8 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
             return study
         listing = "; ".join(f"{k}: stored {o!r}, given {n!r}" for k, o, n in diffs)
         hint = " (pass --widen-space to widen the space)" if space_only else ""
+        if any(k.startswith("data.") for k, _, _ in diffs):
+            hint += " (the images or the split differ from those the study was searched on)"
         raise CnnSearchError(
             f"study {run.study!r} was created with other settings: {listing}. "
             f"Run with the stored settings, or pick a new --study name{hint}"
@@ -396,13 +405,13 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total."""
     import optuna
 
-    from cnnsearch.data import load_dataset
+    from cnnsearch.data import dataset_for
 
     run = config.run
     _set_threads(run.threads or max(1, (os.cpu_count() or 1) // run.workers))
-    data = load_dataset(run.dataset, seed=run.seed, test_fraction=run.test_fraction, max_samples=run.max_samples)
+    data = dataset_for(run)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = create_or_resume(config, widen=widen)
+    study = create_or_resume(config, widen=widen, data=data)
     study.sampler = _sampler(config, worker)
     study.pruner = _pruner(config)
     objective = make_objective(config, data, emit)

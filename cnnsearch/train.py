@@ -110,7 +110,8 @@ def train_fold(
     """Train a fresh model on one fold and score it on the validation part after every epoch.
 
     Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
-    shuffled index and normalised on the fly with statistics of ``x_train`` alone.
+    shuffled index, augmented per ``params.augment`` and normalised on the fly with statistics of ``x_train``
+    alone (the un-augmented training images), so validation and test images never shape the normalisation.
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
@@ -119,6 +120,7 @@ def train_fold(
     import torch
     import torch.nn.functional as F
 
+    from cnnsearch.augment import batch_augment
     from cnnsearch.model import build_model, count_params, l2_term, l2_weights
 
     device = x_train.device
@@ -130,6 +132,7 @@ def train_fold(
     opt = make_optimizer(params, model)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
     scale, shift = normalisation(x_train)
+    augment = batch_augment(params.augment, height=int(h), width=int(w), seed=seed, device=device)
     beta = params.l2
     n, bs = len(y_train), params.batch_size
     # On CUDA a per-step .item() would sync the device; there the check reads a window of steps at once.
@@ -161,7 +164,8 @@ def train_fold(
         perm = torch.randperm(n, generator=gen, device=device)
         for start in range(0, n, bs):
             idx = perm[start:start + bs]
-            xb = x_train[idx].float().mul_(scale).add_(shift)
+            xb = x_train[idx] if augment is None else augment(x_train[idx])  # training batches only
+            xb = xb.float().mul_(scale).add_(shift)
             ce = F.cross_entropy(model(xb), y_train[idx])
             loss = ce + beta * l2_term(weights) if beta > 0 else ce
             pending.append(loss.detach())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -21,3 +22,35 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "200")
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh --data-dir per test (never ~/.cache), and an empty per-process dataset cache."""
+    from cnnsearch.data import load_dataset
+    from cnnsearch.sources import DATA_DIR_ENV
+
+    folder = tmp_path / "data-dir"
+    monkeypatch.setenv(DATA_DIR_ENV, str(folder))
+    load_dataset.cache_clear()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The real MNIST test set, decoded once per session: images (10000, 28, 28) uint8 and labels."""
+    from tests.images import load_mnist
+
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def mnist_folder(mnist: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 real MNIST digits (30 per class) as PNGs in class subfolders; shared, so never modify it."""
+    from tests.images import first_per_class, write_folder
+
+    x, y = mnist
+    keep = first_per_class(y, 30)
+    root = tmp_path_factory.mktemp("mnist-folder")
+    write_folder(root, x[keep], y[keep])
+    return root

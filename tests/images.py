@@ -1,0 +1,62 @@
+"""Real image data for tests: the MNIST test set (IDX files) and image folders written from it with PIL."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MNIST_ENV = "CNNSEARCH_MNIST_DIR"
+"""Overrides where the MNIST t10k IDX files are looked for."""
+
+
+def mnist_dir() -> Path | None:
+    """The folder with t10k-images-idx3-ubyte.gz: $CNNSEARCH_MNIST_DIR, else shared/data/mnist-t10k beside a parent."""
+    env = os.environ.get(MNIST_ENV)
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [p / "shared" / "data" / "mnist-t10k" for p in here.parents]
+    for c in candidates:
+        if (c / "t10k-images-idx3-ubyte.gz").is_file():
+            return c
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip): big-endian magic with the number of dimensions in its last byte, the sizes, the bytes."""
+    with gzip.open(path) as fh:
+        data = fh.read()
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 MNIST test images (N, 28, 28) uint8 and their labels; skips the test when they are absent."""
+    folder = mnist_dir()
+    if folder is None:
+        pytest.skip(f"MNIST t10k files not found (set {MNIST_ENV} to their folder)")
+    return read_idx(folder / "t10k-images-idx3-ubyte.gz"), read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, *, ext: str = "png") -> list[Path]:
+    """One subfolder per label, one file per image named by its position: ``root/<label>/<i>.<ext>``."""
+    from PIL import Image
+
+    paths = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:05d}.{ext}"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
+def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first ``per_class`` images of each class, in index order."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
