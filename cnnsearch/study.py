@@ -110,11 +110,17 @@ def check_sqlite_file(path: Path) -> None:
     size = path.stat().st_size
     if size == 0:
         raise CnnSearchError(f"--storage: {path} is an empty file, not an SQLite database")
-    with path.open("rb") as fh:
-        header = fh.read(100)
-    if header[:16] != SQLITE_HEADER:
-        raise CnnSearchError(f"--storage: {path} is not an SQLite database (its header is not 'SQLite format 3')")
-    stated = _header_size(header)
+    for _ in range(5):
+        with path.open("rb") as fh:
+            header = fh.read(100)
+        if header[:16] != SQLITE_HEADER:
+            raise CnnSearchError(f"--storage: {path} is not an SQLite database (its header is not 'SQLite format 3')")
+        stated = _header_size(header)
+        if stated is None or size >= stated:
+            break
+        # Another process may be writing: page 1, with the new size, lands before the pages after it.
+        time.sleep(0.2)
+        size = path.stat().st_size
     if stated is not None and size < stated:
         # A cut-off copy: SQLite may read it without complaint until it reaches a missing page.
         raise CnnSearchError(f"--storage: {path} is a damaged SQLite database: truncated to {size} bytes, "

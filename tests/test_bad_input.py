@@ -9,7 +9,6 @@ and that no other file was created or changed (damaged databases keep their exac
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import sqlite3
 from collections.abc import Callable
@@ -243,16 +242,11 @@ def test_bad_input(name: str, runner: CliRunner, in_tmp: Path, reference: Path,
     assert other_files(in_tmp, db) == files_before
 
 
-def test_cases_hit_the_study_they_protect(reference: Path) -> None:
+def test_cases_hit_the_study_they_protect(runner: CliRunner, in_tmp: Path, reference: Path) -> None:
     # The battery proves something only if a run that got past the checks would change the study: the same
-    # command without its bad option does add a trial (here on a copy, in a folder of its own).
-    folder = reference.parent / "control"
-    copy_db(reference, folder / "studies" / "ref.db")
-    old = Path.cwd()
-    os.chdir(folder)
-    try:
-        result = CliRunner().invoke(app, REF)
-        assert result.exit_code == 0, result.output
-        assert len(study_state(folder / "studies" / "ref.db")[1]) == 3
-    finally:
-        os.chdir(old)
+    # command without its bad option does add a trial to the copy.
+    db = in_tmp / "studies" / "ref.db"
+    copy_db(reference, db)
+    result = runner.invoke(app, REF)
+    assert result.exit_code == 0, result.output
+    assert len(study_state(db)[1]) == 3
