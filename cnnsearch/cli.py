@@ -9,14 +9,35 @@ import functools
 import sys
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 
 from cnnsearch.errors import CnnSearchError
 
+
+class Group(typer.core.TyperGroup):
+    """Typer's group, with the value the user gave added to Typer's own "Invalid value" messages."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context is a subclass of the vendored click Context
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            # Typer checks declared limits (min=, Enums) with pydantic, whose message leaves out the input.
+            errors = getattr(exc.__cause__, "errors", None)
+            if callable(errors):
+                found = errors()
+                given = repr(found[0].get("input")) if found else ""
+                if given and given not in exc.message:
+                    exc.message = f"{exc.message.rstrip('.')}; got {given}"
+            raise
+
+
 app = typer.Typer(
+    cls=Group,
     name="cnnsearch",
     help="Find good hyperparameters for convolutional image classifiers: cross-validated Optuna search, "
     "stored in SQLite, resumable.",
@@ -60,6 +81,11 @@ StorageOpt = Annotated[
 ]
 
 SPACE_HELP = "Value syntax: low:high is a range, a,b,c a choice, a single value fixes it."
+
+
+class Format(StrEnum):
+    toml = "toml"
+    json = "json"
 
 
 def _space_opt(name: str, help_text: str) -> Any:
@@ -120,6 +146,12 @@ def run(
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="Stop starting new trials after this many seconds (the running trial finishes).")] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", "-c", exists=True, dir_okay=False,
+        help="Read run settings and the search space from this TOML file (see cnnsearch init); options given "
+             "on the command line override it.")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the merged configuration as TOML and exit without running.")] = False,
     widen_space: Annotated[bool, typer.Option(
         "--widen-space", help="Allow resuming with a space that contains the stored one.")] = False,
     allow_deep: Annotated[bool, typer.Option(
@@ -145,10 +177,10 @@ def run(
                    "because mirroring changes the meaning of digits and text [default: none].")] = None,
 ) -> None:
     """Run or resume a cross-validated search (default: the digits study)."""
-    from cnnsearch.config import Config, RunSettings, build_space
     from cnnsearch.data import dataset_for
     from cnnsearch.report import SearchProgress
     from cnnsearch.study import run_search
+    from cnnsearch.tomlconfig import config_toml, load_config
 
     # Options left out are None: only what the user gave overrides the defaults (RunSettings, DIMS).
     space_given = {"lr": lr, "decay": decay, "l2": l2, "dropout": dropout, "batch_size": batch_size,
@@ -163,9 +195,12 @@ def run(
                  "allow_deep": allow_deep or None, "data_dir": data_dir, "download": download or None,
                  "image_size": image_size, "strict": strict or None,
     }
-    space = build_space({k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)
-    settings = RunSettings(**{k: v for k, v in run_given.items() if v is not None})
-    config = Config(run=settings, space=space)
+    config = load_config(config_file, {k: v for k, v in run_given.items() if v is not None},
+                         {k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)
+    if print_config:
+        typer.echo(config_toml(config), nl=False)
+        return
+    settings = config.run
     # Loaded here to show what the search runs on (and any skipped images) before it starts; run_search
     # gets the same object from the per-process cache.
     data = dataset_for(settings)
@@ -221,6 +256,52 @@ def show(study: StudyOpt = "digits", storage: StorageOpt = None,
     url = storage or f"sqlite:///studies/{study}.db"
     rows = sort_rows(trial_rows(load_study(study, url)))
     console.print(trials_table(rows, title=f"Trials of {study} ({len(rows)})", limit=limit))
+
+
+@app.command()
+@handle_errors
+def best(study: StudyOpt = "digits", storage: StorageOpt = None,
+         fmt: Annotated[Format, typer.Option("--format", help="Output format: toml (with comments) or json.")] = (
+             Format.toml)) -> None:
+    """Print the best trial as a configuration file with every dimension fixed, for run --config."""
+    from cnnsearch.study import load_study
+    from cnnsearch.tomlconfig import best_config
+
+    url = storage or f"sqlite:///studies/{study}.db"
+    found = best_config(load_study(study, url), storage)
+    typer.echo(found.toml() if fmt == Format.toml else found.json(), nl=False)
+
+
+def _run_option_help() -> dict[str, str]:
+    """Help sentence of each option of ``run``, keyed like the RunSettings field it sets."""
+    import re
+
+    import typer.main
+
+    command = typer.main.get_command(app)
+    run_command = command.commands["run"]  # type: ignore[attr-defined]
+    return {p.name: re.sub(r"\s*\[default: [^]]*\]", "", p.help or "").strip()
+            for p in run_command.params if p.name and getattr(p, "help", None)}
+
+
+@app.command()
+@handle_errors
+def init(
+    path: Annotated[Path, typer.Argument(help="The file to write.")] = Path("cnnsearch.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite PATH if it exists.")] = False,
+) -> None:
+    """Write a commented configuration file with the default run settings and search space."""
+    from cnnsearch.tomlconfig import init_text
+
+    if path.is_dir():
+        raise CnnSearchError(f"init: {path} is a folder; name a file such as {path / 'cnnsearch.toml'}")
+    if path.exists() and not force:
+        raise CnnSearchError(f"init: {path} already exists; pass --force to overwrite it")
+    try:
+        path.write_text(init_text(_run_option_help()), encoding="utf-8")
+    except OSError as exc:
+        raise CnnSearchError(f"init: cannot write {path}: {exc.strerror}") from None
+    console.print(f"Wrote {path}. Edit it, then: cnnsearch run --config {path}", highlight=False, markup=False)
 
 
 def main() -> None:

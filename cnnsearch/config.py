@@ -119,7 +119,10 @@ def _fmt(v: Value | None) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return f"{v:g}"
+        # Short where that loses nothing (1e-05, 0.03), else every digit: the stored space and a fixed
+        # value written by `cnnsearch best` must read back as the same float.
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
     return str(v)
 
 
@@ -193,9 +196,11 @@ def parse_dim(name: str, text: str, *, label: str | None = None, allow_deep: boo
         if low > high:
             raise CnnSearchError(f"{label}: low {_fmt(low)} is greater than high {_fmt(high)} in {text!r}")
         if spec.log and low <= 0:
+            # Where 0 is a valid value (l2: off), say how to get it without a log range.
+            zero_ok = spec.min == 0 and not spec.min_open
+            hint = f" (fix {name} at 0 with a single value 0, or list it as a choice: 0,1e-5,1e-4)" if zero_ok else ""
             raise CnnSearchError(
-                f"{label}: the range {text!r} is log scale and cannot include {_fmt(low)}; "
-                f"low must be > 0 (fix {name} at 0 with a single value 0, or list it as a choice: 0,1e-5,1e-4)"
+                f"{label}: the range {text!r} is log scale and cannot include {_fmt(low)}; low must be > 0{hint}"
             )
         for bound in (low, high):
             _check_bounds(spec, float(bound), label, text, max_layers)

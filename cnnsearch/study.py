@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,13 @@ if TYPE_CHECKING:
 SETTINGS_ATTR = "cnnsearch_settings"
 SQLITE_HEADER = b"SQLite format 3\x00"
 KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql")
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
+"""Tables by which an SQLite file is recognised as an Optuna storage (Optuna creates ``studies`` first)."""
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as stale
 MAX_RETRY = 3  # re-queues of a trial whose worker died
+SCHEMA_ATTEMPTS = 5  # tries to open a new SQLite file while another process creates Optuna's tables
+SETTINGS_WAIT = 10.0  # seconds to wait for the process that created a study to store its settings
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -78,27 +83,63 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(path)
 
 
+def _header_size(header: bytes) -> int | None:
+    """The database size in bytes that an SQLite header states, or None where the header does not say.
+
+    Page size at offset 16 (1 means 65536), page count at 28; the count is valid only while the
+    "version-valid-for" number at 92 equals the change counter at 24 (older writers did not keep it).
+    """
+    if len(header) < 100:
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if pages == 0 or header[24:28] != header[92:96]:
+        return None
+    return page_size * pages
+
+
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a file that is not a healthy SQLite database, without writing to it."""
+    """Refuse a file that is not a healthy Optuna SQLite database, without writing to it.
+
+    An empty SQLite database is accepted (Optuna creates its tables); one that holds other tables belongs to
+    some other program and is refused, so that Optuna never adds its tables to it.
+    """
     if path.is_dir():
         raise CnnSearchError(f"--storage: {path} is a folder, not an SQLite database file")
     size = path.stat().st_size
     if size == 0:
         raise CnnSearchError(f"--storage: {path} is an empty file, not an SQLite database")
-    with path.open("rb") as fh:
-        header = fh.read(16)
-    if header != SQLITE_HEADER:
-        raise CnnSearchError(f"--storage: {path} is not an SQLite database (its header is not 'SQLite format 3')")
+    for _ in range(5):
+        with path.open("rb") as fh:
+            header = fh.read(100)
+        if header[:16] != SQLITE_HEADER:
+            raise CnnSearchError(f"--storage: {path} is not an SQLite database (its header is not 'SQLite format 3')")
+        stated = _header_size(header)
+        if stated is None or size >= stated:
+            break
+        # Another process may be writing: page 1, with the new size, lands before the pages after it.
+        time.sleep(0.2)
+        size = path.stat().st_size
+    if stated is not None and size < stated:
+        # A cut-off copy: SQLite may read it without complaint until it reaches a missing page.
+        raise CnnSearchError(f"--storage: {path} is a damaged SQLite database: truncated to {size} bytes, "
+                             f"its header says {stated}")
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             result = con.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise CnnSearchError(f"--storage: {path} is a damaged SQLite database ({exc})") from None
     if not result or result[0] != "ok":
-        raise CnnSearchError(f"--storage: {path} is a damaged SQLite database (quick_check: {result})")
+        raise CnnSearchError(f"--storage: {path} is a damaged SQLite database (quick_check: {result[0]})")
+    if tables and not tables & OPTUNA_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise CnnSearchError(f"--storage: {path} is an SQLite database of some other program (tables: {shown}), "
+                             "not an Optuna study storage; name a new file")
 
 
 def existing_study_names(url: str) -> list[str]:
@@ -144,11 +185,17 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
     path = _sqlite_path(url)
     engine_kwargs: dict[str, Any] = {}
     if path is not None:
+        if create and path.is_file() and path.stat().st_size == 0:
+            # Another process may have just created the file and not yet written its header.
+            time.sleep(0.5)
         if path.exists():
             check_sqlite_file(path)
         elif not create:
             raise CnnSearchError(f"--storage: no study database at {path}; studies that exist: {_studies_hint(url)}")
         else:
+            blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise CnnSearchError(f"--storage: cannot create {path}: {blocker} is a file, not a folder")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -167,25 +214,40 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
                 raise CnnSearchError(f"--storage: cannot write to {path}: {exc}") from None
         engine_kwargs = {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {}
-    if heartbeat:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" in Optuna 5; the warning would clutter every run's output.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if heartbeat:
+                    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-        kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        }
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CnnSearchError(f"--storage: cannot open {url}: {first}", exit_code=RUNTIME) from None
+                    kwargs = {
+                        "heartbeat_interval": HEARTBEAT_INTERVAL,
+                        "grace_period": GRACE_PERIOD,
+                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                    }
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # Two processes creating one new SQLite file race to create Optuna's tables; the loser finds
+            # them half made ("already exists", a duplicate version row). Once the winner is done, they open.
+            racing = path is not None and any(m in first for m in ("already exists", "UNIQUE constraint failed"))
+            if racing and attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise CnnSearchError(f"--storage: cannot open {url}: {first}", exit_code=RUNTIME) from None
+    raise AssertionError("unreachable")
 
 
 def load_study(name: str, url: str) -> optuna.Study:
     """Load an existing study; a missing one is an error listing the studies that exist."""
     import optuna
 
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        raise CnnSearchError(f"--study: no study named {name!r} (there is no {path}); "
+                             f"studies that exist: {_studies_hint(url)}")
     storage = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -362,20 +424,34 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
 
     run = config.run
     storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
+    created = False
     try:
-        study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize",
-                                    load_if_exists=True, sampler=_sampler(config, 0), pruner=_pruner(config))
+        try:
+            study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize",
+                                        sampler=_sampler(config, 0), pruner=_pruner(config))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=run.study, storage=storage, sampler=_sampler(config, 0),
+                                      pruner=_pruner(config))
     except Exception as exc:  # sqlalchemy and driver errors: report, never a traceback
-        raise CnnSearchError(f"--storage: cannot create study {run.study!r}: {exc}", exit_code=RUNTIME) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CnnSearchError(f"--storage: cannot create study {run.study!r}: {first}", exit_code=RUNTIME) from None
     wanted = config.fixed_settings()
     if data is not None:
         wanted["data"] = data.record()
     stored = study.user_attrs.get(SETTINGS_ATTR)
+    # Another run may have created the study a moment ago: give it time to store its settings, so that the
+    # two are compared rather than both writing theirs.
+    deadline = time.monotonic() + SETTINGS_WAIT
+    while stored is None and not created and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
         from cnnsearch.space import starting_point
 
-        if not study.get_trials(deepcopy=False):
+        # Only the run that created the study queues the starting point, so it runs once.
+        if created or not study.get_trials(deepcopy=False):
             study.enqueue_trial(starting_point(config.space), skip_if_exists=True)
         return study
     diffs = settings_differences(stored, wanted)
@@ -405,11 +481,12 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total."""
     import optuna
 
-    from cnnsearch.data import dataset_for
+    from cnnsearch.data import dataset_for, fold_indices
 
     run = config.run
     _set_threads(run.threads or max(1, (os.cpu_count() or 1) // run.workers))
     data = dataset_for(run)
+    fold_indices(data.y.numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_or_resume(config, widen=widen, data=data)
     study.sampler = _sampler(config, worker)
