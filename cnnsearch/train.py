@@ -51,6 +51,7 @@ class FoldResult:
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
     l2_ratio: float = 0.0  # beta * sum(w^2) / cross-entropy, over the last epoch
     n_params: int = 0
+    model: nn.Module | None = field(default=None, repr=False)  # the trained model (the final retrain keeps it)
 
 
 EpochHook = Callable[[int, float], None]
@@ -190,4 +191,4 @@ def train_fold(
         l2 = beta * float(l2_term(weights).item()) if beta > 0 else 0.0
     mean_ce = float(ce_sum.item()) / max(ce_count, 1)
     ratio = l2 / mean_ce if mean_ce > 0 else (math.inf if l2 > 0 else 0.0)
-    return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model))
+    return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model), model=model)
