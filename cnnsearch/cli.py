@@ -210,8 +210,8 @@ def export(
     study: StudyOpt = "digits",
     storage: StorageOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False,
-                                             help="File to write. Default: STUDY.csv (or STUDY.json) in the "
-                                                  "current folder.")] = None,
+                                             help="File to write; - writes to stdout. Default: STUDY.csv (or "
+                                                  "STUDY.json) in the current folder.")] = None,
     fmt: Annotated[ExportFormat | None, typer.Option("--format", "-f", help="csv or json. Default: from the "
                                                      "suffix of --out, else csv.")] = None,
     status: Annotated[str | None, typer.Option(help="Keep only these statuses, comma-separated: complete, pruned, "
@@ -226,7 +226,9 @@ def export(
     path = out or default_out(study, chosen)
     n = export_study(load_study(study, _url(study, storage)), path, chosen,
                      statuses=sorted(statuses) if statuses else None)
-    console.print(f"Wrote {n} trial{'s' * (n != 1)} of {study} to {path}", highlight=False)
+    # To stderr, so that `--out -` pipes clean CSV.
+    err_console.print(f"Wrote {n} trial{'s' * (n != 1)} of {study} to {'stdout' if str(path) == '-' else path}",
+                      highlight=False)
 
 
 @app.command()

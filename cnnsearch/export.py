@@ -7,6 +7,9 @@ state, params, user attributes), so an export of a running search shows its RUNN
 
 from __future__ import annotations
 
+import json
+import math
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -139,16 +142,41 @@ def pick_format(out: Path | None, fmt: str | None) -> Format:
     return "json" if fmt == "json" else "csv"
 
 
+def _json_value(value: Any) -> Any:
+    """A cell as plain JSON: NA and non-finite floats become null, datetimes ISO 8601 text."""
+    import pandas as pd
+
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _render(frame: pd.DataFrame, fmt: Format) -> str:
+    if fmt == "csv":
+        return str(frame.to_csv(index=False))
+    # Through Python objects rather than DataFrame.to_json, which rounds floats to 15 digits: here every
+    # float is written in full, as in the CSV.
+    records = [{c: _json_value(v) for c, v in zip(frame.columns, row, strict=True)}
+               for row in frame.itertuples(index=False, name=None)]
+    return json.dumps(records, indent=2, allow_nan=False) + "\n"
+
+
 def write_frame(frame: pd.DataFrame, out: Path, fmt: Format) -> None:
-    """Write ``frame`` as CSV (blank cells for missing values) or as a JSON list of records."""
+    """Write ``frame`` as CSV (blank cells for missing values) or as a JSON list of records; ``-`` is stdout."""
+    if str(out) == "-":
+        sys.stdout.write(_render(frame, fmt))
+        sys.stdout.flush()
+        return
     try:
         if out.parent != Path(""):
             out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "csv":
-            frame.to_csv(out, index=False)
-        else:
-            # Microseconds and 15 digits, so JSON round-trips as closely as the CSV (inf becomes null).
-            frame.to_json(out, orient="records", date_format="iso", date_unit="us", double_precision=15, indent=2)
+        out.write_text(_render(frame, fmt))
     except OSError as exc:
         raise CnnSearchError(f"--out: cannot write {out}: {exc.strerror or exc}", exit_code=RUNTIME) from None
 
