@@ -22,7 +22,7 @@ class StudyInfo:
     counts: dict[str, int] = field(default_factory=dict)  # status -> trials
     total: int = 0
     best: float | None = None  # best CV accuracy
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # the stored cnnsearch settings (dataset, folds...)
     error: str | None = None
 
 

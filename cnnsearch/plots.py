@@ -167,7 +167,10 @@ def plot_importances(data: _Data) -> Figure:
     values = set(r.cv_mean for r in data.best)
     if len(values) < 2:
         raise Skip("every completed trial has the same CV accuracy")
-    importances = optuna.importance.get_param_importances(data.study, params=params)
+    try:
+        importances = optuna.importance.get_param_importances(data.study, params=params)
+    except (ValueError, RuntimeError) as exc:  # the evaluator's own limits, e.g. too little data
+        raise Skip(f"Optuna could not compute importances ({exc})") from None
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig = Figure(figsize=(8, 0.9 + 0.38 * len(items) + 0.6), layout="constrained")
     ax = fig.add_subplot()
@@ -284,7 +287,8 @@ def plot_stability(data: _Data) -> Figure:
                         label="completed (colour: CV accuracy)", zorder=3)
         fig.colorbar(sc, ax=ax, pad=0.01).set_label("CV accuracy (%)")
     styles: tuple[tuple[str, dict[str, Any], str], ...] = (
-        ("PRUNED", {"marker": "o", "facecolors": "none", "edgecolors": COLORS["PRUNED"], "s": 50}, "pruned"),
+        ("PRUNED", {"marker": "o", "facecolors": "none", "edgecolors": COLORS["PRUNED"], "s": 50},
+         "pruned (stopped early)"),
         ("DIVERGED", {"marker": "X", "color": COLORS["DIVERGED"], "s": 80}, "diverged"),
         ("FAILED", {"marker": "s", "color": COLORS["FAILED"], "s": 40}, "failed"),
     )
@@ -300,7 +304,7 @@ def plot_stability(data: _Data) -> Figure:
     ax.set_xlim(min(lrs) / 1.6, max(lrs) * 1.6)
     ax.set_xlabel("initial learning rate (log scale)")
     ax.set_ylabel("conv layers")
-    ax.set_title("Stability map: deeper models need a smaller learning rate")
+    ax.set_title("Stability map: learning rate against depth")
     _legend_below(fig, ax)
     return fig
 

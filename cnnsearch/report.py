@@ -173,27 +173,26 @@ def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], 
 def studies_table(infos: Sequence[Any], *, title: str = "Studies") -> Table:
     """One row per study (:class:`cnnsearch.catalog.StudyInfo`): counts by status and the best CV accuracy.
 
-    Entries with an ``error`` (a storage that could not be read) are left out.
+    Entries with an ``error`` (a storage that could not be read) are left out. The storage column appears only
+    when some study is not in the default place, ``studies/<study>.db``, so the counts fit in 80 columns.
     """
     from rich import box
 
     from cnnsearch.catalog import COUNTED
 
-    # No vertical rules, and only the storage column may wrap: the counts stay readable in 80 columns.
+    readable = [i for i in infos if i.error is None]
+    show_storage = any(i.storage != f"sqlite:///studies/{i.name}.db" for i in readable)
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD)
-    table.add_column("study", no_wrap=True)
-    table.add_column("trials", justify="right", no_wrap=True)
+    table.add_column("study")
+    table.add_column("trials", justify="right")
     for status in COUNTED:
-        table.add_column(f"[{STATUS_STYLE[status]}]{status}[/]", justify="right", no_wrap=True)
-    table.add_column("best CV", justify="right", no_wrap=True)
-    table.add_column("data, folds x epochs")
-    table.add_column("storage", overflow="fold")
-    for info in infos:
-        if info.error is not None:
-            continue  # storages that could not be read are reported apart, one line each
-        where = escape(info.storage.removeprefix("sqlite:///"))
-        s = info.settings
-        data = f"{s.get('dataset')}, {s.get('folds')} x {s.get('epochs')}" if s else "-"
-        table.add_row(escape(info.name), str(info.total), *(str(info.counts.get(k, 0)) for k in COUNTED),
-                      fmt_pct(info.best), escape(data), where)
+        table.add_column(f"[{STATUS_STYLE[status]}]{status}[/]", justify="right")
+    table.add_column("best CV", justify="right")
+    if show_storage:
+        table.add_column("storage", overflow="fold")
+    for info in readable:
+        cells = [escape(info.name), str(info.total), *(str(info.counts.get(k, 0)) for k in COUNTED), fmt_pct(info.best)]
+        if show_storage:
+            cells.append(escape(info.storage.removeprefix("sqlite:///")))
+        table.add_row(*cells)
     return table
