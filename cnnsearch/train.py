@@ -111,7 +111,8 @@ def train_fold(
     """Train a fresh model on one fold and score it on the validation part after every epoch.
 
     Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
-    shuffled index and normalised on the fly with statistics of ``x_train`` alone.
+    shuffled index and normalised on the fly with statistics of ``x_train`` alone. An empty validation part
+    skips scoring (the curve holds NaN): the final retrain trains that way. The result keeps the model.
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
