@@ -16,7 +16,7 @@ import typer
 import typer.core
 from rich.console import Console
 
-from cnnsearch.errors import CnnSearchError
+from cnnsearch.errors import RUNTIME, CnnSearchError
 
 
 class Group(typer.core.TyperGroup):
@@ -284,6 +284,15 @@ def _run_option_help() -> dict[str, str]:
             for p in run_command.params if p.name and getattr(p, "help", None)}
 
 
+def _url(study: str, storage: str | None) -> str:
+    return storage or f"sqlite:///studies/{study}.db"
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
 @app.command()
 @handle_errors
 def init(
@@ -302,6 +311,177 @@ def init(
     except OSError as exc:
         raise CnnSearchError(f"init: cannot write {path}: {exc.strerror}") from None
     console.print(f"Wrote {path}. Edit it, then: cnnsearch run --config {path}", highlight=False, markup=False)
+
+
+@app.command()
+@handle_errors
+def export(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False,
+                                             help="File to write; - writes to stdout. Default: STUDY.csv (or "
+                                                  "STUDY.json) in the current folder.")] = None,
+    fmt: Annotated[ExportFormat | None, typer.Option("--format", "-f", help="csv or json. Default: from the "
+                                                     "suffix of --out, else csv.")] = None,
+    status: Annotated[str | None, typer.Option(help="Keep only these statuses, comma-separated: complete, pruned, "
+                                                    "diverged, failed, running, waiting.")] = None,
+) -> None:
+    """Write one row per trial to a CSV or JSON file (works while a search is running)."""
+    from cnnsearch.export import default_out, export_study, parse_statuses, pick_format
+    from cnnsearch.study import load_study
+
+    statuses = parse_statuses(status)
+    chosen = pick_format(out, fmt.value if fmt else None)
+    path = out or default_out(study, chosen)
+    n = export_study(load_study(study, _url(study, storage)), path, chosen,
+                     statuses=sorted(statuses) if statuses else None)
+    # To stderr, so that `--out -` pipes clean CSV.
+    err_console.print(f"Wrote {n} trial{'s' * (n != 1)} of {study} to {'stdout' if str(path) == '-' else path}",
+                      highlight=False)
+
+
+@app.command()
+@handle_errors
+def plot(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
+                                             help="Folder for the PNG files. Default: STUDY-plots in the current "
+                                                  "folder.")] = None,
+    dpi: Annotated[int, typer.Option(min=30, max=600, help="Resolution of the PNG files in dots per inch.")] = 100,
+) -> None:
+    """Draw the study as PNG plots: history, importances, parallel coordinates, stability map, curves, folds."""
+    from cnnsearch.plots import make_plots
+    from cnnsearch.study import load_study
+
+    folder = out or Path(f"{study}-plots")
+    result = make_plots(load_study(study, _url(study, storage)), folder, dpi=dpi)
+    for path in result.written:
+        console.print(f"Wrote {path}", highlight=False)
+    for note in result.notes:
+        err_console.print(f"Note: {note}", markup=False, highlight=False)
+
+
+@app.command()
+@handle_errors
+def retrain(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
+                                             help="Folder for model.pt, config.json and metrics.json. Default: "
+                                                  "studies/STUDY next to the study's SQLite file.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads. Default: all cores.")] = None,
+) -> None:
+    """Train the best configuration on the whole search split and score it once on the held-out test split."""
+    from cnnsearch.report import confusion_table, fmt_acc, per_class_table
+    from cnnsearch.retrain import CONFIG_FILE, METRICS_FILE, MODEL_FILE, default_out_dir
+    from cnnsearch.retrain import retrain as run_retrain
+    from cnnsearch.study import load_study
+
+    url = _url(study, storage)
+    loaded = load_study(study, url)
+    _threads(threads)
+    with console.status(f"Retraining the best trial of {study} on the whole search split..."):
+        result = run_retrain(loaded, out or default_out_dir(study, url))
+    console.print(f"Trial {result.trial} (CV {fmt_acc(result.cv_mean, result.cv_std)}) retrained on "
+                  f"{result.n_train} images for {result.epochs} epochs in {result.seconds:.1f} s.", highlight=False)
+    s = result.scores
+    console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images the search never "
+                  "saw.")
+    console.print(per_class_table(s.classes, s.confusion))
+    console.print(confusion_table(s.classes, s.confusion))
+    console.print(f"Saved {result.out_dir / MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}\n"
+                  f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A model.pt written by cnnsearch retrain; its "
+                                                              "config.json must sit beside it.")],
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads. Default: all cores.")] = None,
+) -> None:
+    """Re-score a saved model on the held-out test split of its study's data."""
+    from cnnsearch.report import confusion_table, per_class_table
+    from cnnsearch.retrain import evaluate_saved
+
+    _threads(threads)
+    result = evaluate_saved(model)
+    s = result.scores
+    console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images "
+                  f"(study {result.study}, trial {result.trial}).")
+    console.print(per_class_table(s.classes, s.confusion))
+    console.print(confusion_table(s.classes, s.confusion))
+    if result.saved_accuracy is not None:
+        same = abs(result.saved_accuracy - s.accuracy) < 1e-12
+        console.print(f"The retrain recorded {100 * result.saved_accuracy:.2f}%: "
+                      + ("the same." if same else "[yellow]different[/] (other library versions or data)."))
+
+
+@app.command()
+@handle_errors
+def studies(
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL to list. Default: every "
+                                                "studies/*.db in the current folder.")] = None,
+) -> None:
+    """List studies with their trial counts by status and their best CV accuracy."""
+    from cnnsearch.catalog import default_storages, list_studies, studies_in
+    from cnnsearch.report import studies_table
+
+    if storage is not None:
+        infos = studies_in(storage)
+    else:
+        urls = default_storages()
+        if not urls:
+            console.print("No study databases in studies/ here; run `cnnsearch run` or pass --storage URL.")
+            return
+        infos = list_studies(urls)
+    readable = [i for i in infos if i.error is None]
+    if readable:
+        console.print(studies_table(readable))
+    elif storage is not None:
+        console.print(f"No studies in {storage}.", highlight=False)
+    for info in infos:
+        if info.error is not None:
+            err_console.print(f"Skipped {info.storage}: {info.error}", markup=False, highlight=False)
+
+
+@app.command()
+@handle_errors
+def dashboard(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to serve on; the default serves this machine only.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8080,
+) -> None:
+    """Open the study in optuna-dashboard (needs the dashboard extra: pip install 'cnnsearch[dashboard]')."""
+    from cnnsearch.study import load_study, open_storage
+
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise CnnSearchError("optuna-dashboard is not installed; pip install 'cnnsearch[dashboard]'",
+                             exit_code=RUNTIME) from None
+    url = _url(study, storage)
+    load_study(study, url)  # checks the file and the study name before serving
+    study_id = open_storage(url).get_study_id_from_name(study)
+    console.print(f"Serving {url} on http://{host}:{port}/dashboard/studies/{study_id} (Ctrl-C stops)",
+                  highlight=False)
+    try:
+        run_server(url, host=host, port=port)
+    except OSError as exc:
+        raise CnnSearchError(f"--port: cannot serve on {host}:{port}: {exc.strerror or exc}",
+                             exit_code=RUNTIME) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(code=0) from None
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -126,3 +127,72 @@ class SearchProgress:
             self.trials.advance(self.trial_task)
             if event.best is not None:
                 self.trials.update(self.trial_task, description=f"best {100 * event.best:.2f}%")
+
+
+# ------------------------------------------------------------------------------------- results tables
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def per_class_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,
+                    title: str = "Test accuracy per class") -> Table:
+    """Images, correct predictions and accuracy of each true class, from a confusion matrix."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("correct", justify="right")
+    table.add_column("accuracy", justify="right")
+    for k, (name, row) in enumerate(zip(classes, confusion, strict=True)):
+        n = sum(row)
+        acc = row[k] / n if n else None
+        style = "" if acc is None or acc >= 0.95 else ("yellow" if acc >= 0.8 else "red")
+        table.add_row(escape(name), str(n), str(row[k]), f"[{style}]{fmt_pct(acc)}[/]" if style else fmt_pct(acc))
+    return table
+
+
+def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,
+                    title: str = "Confusion matrix (rows: true class, columns: predicted)") -> Table:
+    """The confusion matrix; correct counts in green on the diagonal, mistakes in red."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("true \\ pred", style="bold")
+    for name in classes:
+        table.add_column(escape(name), justify="right")
+    for k, (name, row) in enumerate(zip(classes, confusion, strict=True)):
+        cells = []
+        for j, v in enumerate(row):
+            if j == k:
+                cells.append(f"[bold green]{v}[/]")
+            elif v:
+                cells.append(f"[red]{v}[/]")
+            else:
+                cells.append("[dim]·[/]")
+        table.add_row(escape(name), *cells)
+    return table
+
+
+def studies_table(infos: Sequence[Any], *, title: str = "Studies") -> Table:
+    """One row per study (:class:`cnnsearch.catalog.StudyInfo`): counts by status and the best CV accuracy.
+
+    Entries with an ``error`` (a storage that could not be read) are left out. The storage column appears only
+    when some study is not in the default place, ``studies/<study>.db``, so the counts fit in 80 columns.
+    """
+    from rich import box
+
+    from cnnsearch.catalog import COUNTED
+
+    readable = [i for i in infos if i.error is None]
+    show_storage = any(i.storage != f"sqlite:///studies/{i.name}.db" for i in readable)
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD)
+    table.add_column("study")
+    table.add_column("trials", justify="right")
+    for status in COUNTED:
+        table.add_column(f"[{STATUS_STYLE[status]}]{status}[/]", justify="right")
+    table.add_column("best CV", justify="right")
+    if show_storage:
+        table.add_column("storage", overflow="fold")
+    for info in readable:
+        cells = [escape(info.name), str(info.total), *(str(info.counts.get(k, 0)) for k in COUNTED), fmt_pct(info.best)]
+        if show_storage:
+            cells.append(escape(info.storage.removeprefix("sqlite:///")))
+        table.add_row(*cells)
+    return table

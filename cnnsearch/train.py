@@ -51,6 +51,7 @@ class FoldResult:
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
     l2_ratio: float = 0.0  # beta * sum(w^2) / cross-entropy, over the last epoch
     n_params: int = 0
+    model: nn.Module | None = field(default=None, repr=False)  # the trained model (the final retrain keeps it)
 
 
 EpochHook = Callable[[int, float], None]
@@ -112,6 +113,8 @@ def train_fold(
     Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
     shuffled index, augmented per ``params.augment`` and normalised on the fly with statistics of ``x_train``
     alone (the un-augmented training images), so validation and test images never shape the normalisation.
+    An empty validation part skips scoring (the curve holds NaN): the final retrain trains that way. The result
+    keeps the model.
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
@@ -194,4 +197,4 @@ def train_fold(
         l2 = beta * float(l2_term(weights).item()) if beta > 0 else 0.0
     mean_ce = float(ce_sum.item()) / max(ce_count, 1)
     ratio = l2 / mean_ce if mean_ce > 0 else (math.inf if l2 > 0 else 0.0)
-    return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model))
+    return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model), model=model)
