@@ -52,6 +52,23 @@ class Pruner(StrEnum):
     none = "none"
 
 
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class PackFolds(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 # Options shared by several commands.
 StudyOpt = Annotated[str, typer.Option("--study", "-s", help="Name of the study; also names its SQLite file.")]
 StorageOpt = Annotated[
@@ -105,6 +122,16 @@ def run(
     max_samples: Annotated[int | None, typer.Option(
         help="Search on a stratified subsample of this many images (quick trial runs).")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,
+    device: Annotated[Device | None, typer.Option(
+        help="Where to train: cpu, cuda, or auto (CUDA when torch finds a GPU, else the CPU). Results do not "
+             f"depend on the device beyond float noise. {_default('device')}")] = None,
+    precision: Annotated[Precision | None, typer.Option(
+        help="Training precision: fp32, or bf16 (autocast, CUDA only; stored with the study). "
+             f"{_default('precision')}")] = None,
+    pack_folds: Annotated[PackFolds | None, typer.Option(
+        "--pack-folds", help="Train the folds of a trial as one packed model (torch.func vmap): on, off, or auto "
+                             "(what the benchmarks measured faster on this device; currently off). "
+                             f"{_default('pack_folds')}")] = None,
     widen_space: Annotated[bool, typer.Option(
         "--widen-space", help="Allow resuming with a space that contains the stored one.")] = False,
     allow_deep: Annotated[bool, typer.Option(
@@ -138,7 +165,9 @@ def run(
                  "study": study, "storage": storage, "n_trials": n_trials, "folds": folds, "epochs": epochs,
                  "seed": seed, "pruner": pruner.value if pruner else None, "dataset": dataset, "explode": explode,
                  "test_fraction": test_fraction, "max_samples": max_samples, "threads": threads,
-                 "allow_deep": allow_deep or None,
+                 "allow_deep": allow_deep or None, "device": device.value if device else None,
+                 "precision": precision.value if precision else None,
+                 "pack_folds": pack_folds.value if pack_folds else None,
     }
     space = build_space({k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)
     settings = RunSettings(**{k: v for k, v in run_given.items() if v is not None})

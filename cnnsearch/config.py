@@ -16,8 +16,14 @@ from cnnsearch.errors import CnnSearchError
 Value = float | int | str | bool
 Kind = Literal["float", "int", "str", "bool"]
 PrunerName = Literal["median", "hyperband", "none"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["fp32", "bf16"]
+PackName = Literal["auto", "on", "off"]
 
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PACK_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 MAX_LAYERS = 12
 """Deeper plain CNNs need tricks (residuals) this tool does not build; ``allow_deep`` lifts the cap."""
 
@@ -266,6 +272,9 @@ class RunSettings:
     workers: int = 1  # worker processes
     allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
     threads: int | None = None  # torch intra-op threads per worker; None -> cores / workers
+    device: DeviceName = "auto"  # where training runs; auto -> CUDA when torch.cuda.is_available(), else CPU
+    precision: PrecisionName = "fp32"  # fp32, or bf16 autocast (CUDA only)
+    pack_folds: PackName = "auto"  # train a trial's folds as one packed model; auto -> what bench_pack measured
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -283,6 +292,11 @@ class RunSettings:
                 raise CnnSearchError(f"{label} must be {allowed} but got {getattr(self, attr)}")
         if self.pruner not in PRUNERS:
             raise CnnSearchError(f"--pruner: unknown pruner {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
+        for label, value, allowed_values in (("--device", self.device, DEVICES),
+                                             ("--precision", self.precision, PRECISIONS),
+                                             ("--pack-folds", self.pack_folds, PACK_SETTINGS)):
+            if value not in allowed_values:
+                raise CnnSearchError(f"{label}: unknown value {value!r}; allowed: {', '.join(allowed_values)}")
         if self.max_samples is not None and self.max_samples < 2:
             raise CnnSearchError(f"--max-samples must be at least 2 but got {self.max_samples}")
         if self.threads is not None and self.threads < 1:
@@ -296,8 +310,11 @@ class RunSettings:
 
 
 FIXED_SETTINGS: tuple[str, ...] = ("dataset", "folds", "epochs", "seed", "explode", "test_fraction",
-                                   "max_samples")
-"""Settings that define a study: resuming with other values would mix incomparable trials."""
+                                   "max_samples", "precision")
+"""Settings that define a study: resuming with other values would mix incomparable trials.
+
+``device`` and ``pack_folds`` are not among them: they change results by float noise only. ``precision`` is:
+bf16 changes them by more."""
 
 
 @dataclass(frozen=True)
@@ -333,10 +350,13 @@ def run_settings_fields() -> list[str]:
 
 
 __all__ = [
+    "DEVICES",
     "DIMS",
     "DIM_BY_NAME",
     "FIXED_SETTINGS",
     "MAX_LAYERS",
+    "PACK_SETTINGS",
+    "PRECISIONS",
     "PRUNERS",
     "Config",
     "Dim",

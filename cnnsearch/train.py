@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -62,15 +62,17 @@ def _classify(value: float) -> DivergenceKind:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
-             shift: torch.Tensor) -> float:
+             shift: torch.Tensor, *, precision: str = "fp32") -> float:
     """Accuracy of ``model`` on uint8 images ``x``, normalised with ``scale`` and ``shift``."""
     import torch
+
+    from cnnsearch.devices import autocast
 
     if len(y) == 0:
         return float("nan")
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(y.device, precision):
         for i in range(0, len(y), EVAL_BATCH):
             xb = x[i:i + EVAL_BATCH].float().mul_(scale).add_(shift)
             correct += (model(xb).argmax(1) == y[i:i + EVAL_BATCH]).sum()
@@ -85,12 +87,13 @@ def normalisation(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return 1.0 / (255.0 * std), -mean / std
 
 
-def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(params: TrialParams, tensors: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """The trial's optimizer over ``tensors`` (a model's parameters, or one fold's views of packed ones)."""
     import torch
 
     if params.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum or 0.0)
-    return torch.optim.Adam(model.parameters(), lr=params.lr)
+        return torch.optim.SGD(tensors, lr=params.lr, momentum=params.momentum or 0.0)
+    return torch.optim.Adam(tensors, lr=params.lr)
 
 
 def train_fold(
@@ -106,11 +109,14 @@ def train_fold(
     explode: float = 100.0,
     fold: int = 0,
     on_epoch: EpochHook | None = None,
+    precision: str = "fp32",
 ) -> FoldResult:
     """Train a fresh model on one fold and score it on the validation part after every epoch.
 
     Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
-    shuffled index and normalised on the fly with statistics of ``x_train`` alone.
+    shuffled index and normalised on the fly with statistics of ``x_train`` alone. Weight init, batch order and
+    dropout masks are drawn on the CPU, so that the device changes results by float noise only;
+    ``precision="bf16"`` (CUDA only) runs the forward pass under bf16 autocast.
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
@@ -119,15 +125,19 @@ def train_fold(
     import torch
     import torch.nn.functional as F
 
+    from cnnsearch.devices import autocast, continue_cpu_stream, memory_format, use_host_dropout
     from cnnsearch.model import build_model, count_params, l2_term, l2_weights
 
     device = x_train.device
-    torch.manual_seed(seed)  # weight init and dropout
-    gen = torch.Generator(device=device).manual_seed(seed)  # batch order
+    forward_context = autocast(device, precision)  # refuses bf16 off CUDA before any work
+    torch.manual_seed(seed)  # weight init, on the CPU
+    gen = torch.Generator().manual_seed(seed)  # batch order, on the CPU whatever the device
     _, c, h, w = x_train.shape
-    model = build_model(params, int(c), min(int(h), int(w)), n_classes).to(device)
+    model = build_model(params, int(c), min(int(h), int(w)), n_classes)
+    use_host_dropout(model, continue_cpu_stream())  # the masks nn.Dropout would draw on the CPU
+    model = model.to(device).to(memory_format=memory_format(device))
     weights = l2_weights(model)
-    opt = make_optimizer(params, model)
+    opt = make_optimizer(params, model.parameters())
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
     scale, shift = normalisation(x_train)
     beta = params.l2
@@ -158,11 +168,12 @@ def train_fold(
         model.train()
         ce_sum.zero_()
         ce_count = 0
-        perm = torch.randperm(n, generator=gen, device=device)
+        perm = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, bs):
             idx = perm[start:start + bs]
             xb = x_train[idx].float().mul_(scale).add_(shift)
-            ce = F.cross_entropy(model(xb), y_train[idx])
+            with forward_context:
+                ce = F.cross_entropy(model(xb), y_train[idx])
             loss = ce + beta * l2_term(weights) if beta > 0 else ce
             pending.append(loss.detach())
             step += 1
@@ -182,7 +193,7 @@ def train_fold(
             raise Diverged(_classify(bad), fold=fold, epoch=epoch, step=step - 1,
                            lr=opt.param_groups[0]["lr"], value=bad)
         sched.step()
-        acc = evaluate(model, x_val, y_val, scale, shift)
+        acc = evaluate(model, x_val, y_val, scale, shift, precision=precision)
         curve.append(acc)
         if on_epoch is not None:
             on_epoch(epoch, acc)
