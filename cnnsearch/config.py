@@ -24,6 +24,8 @@ PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 PACK_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
+PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchnorm refuses bf16 activations "
+                        "with float32 statistics); use --precision fp32 or --pack-folds off")
 MAX_LAYERS = 12
 """Deeper plain CNNs need tricks (residuals) this tool does not build; ``allow_deep`` lifts the cap."""
 
@@ -297,6 +299,8 @@ class RunSettings:
                                              ("--pack-folds", self.pack_folds, PACK_SETTINGS)):
             if value not in allowed_values:
                 raise CnnSearchError(f"{label}: unknown value {value!r}; allowed: {', '.join(allowed_values)}")
+        if self.pack_folds == "on" and self.precision != "fp32":
+            raise CnnSearchError(PACK_PRECISION_ERROR)
         if self.max_samples is not None and self.max_samples < 2:
             raise CnnSearchError(f"--max-samples must be at least 2 but got {self.max_samples}")
         if self.threads is not None and self.threads < 1:

@@ -1,6 +1,6 @@
 """Where training runs: the device, the precision, and training randomness that does not depend on either.
 
-Every CUDA-specific step (bf16 autocast, pinned copies, ``channels_last``) is reached only through a
+Every CUDA-specific step (CUDA autocast, pinned copies) is reached only through a
 ``torch.device`` that :func:`resolve_device` returned, and that function refuses ``cuda`` when
 ``torch.cuda.is_available()`` is false: the CUDA path is never half-run on a CPU-only machine.
 
@@ -41,27 +41,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda") if available else torch.device("cpu")
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a precision the device does not run: bf16 autocast is used only on CUDA."""
+def check_precision(precision: str) -> None:
+    """Refuse an unknown precision name."""
     if precision not in PRECISIONS:
-        raise CnnSearchError(f"--precision: unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
-    if precision == "bf16" and device.type != "cuda":
-        raise CnnSearchError(f"--precision bf16 runs only on CUDA, but training runs on {device.type}; "
-                             "use --precision fp32, or --device cuda on a machine with a GPU")
+        raise CnnSearchError(f"--precision: unknown value {precision!r}; allowed: {', '.join(PRECISIONS)}")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
-    """The forward pass context: bf16 autocast on CUDA when asked for, else plain float32."""
-    check_precision(precision, device)
+    """The forward pass context: plain float32, or for ``bf16`` torch's autocast on ``device`` (convolutions and
+    matmuls in bfloat16, losses and reductions in float32; weights and optimizer state stay float32).
+
+    On the CPU bf16 pays only where the CPU computes bf16 natively (AVX512-BF16, AMX): bench/bench_knobs.py
+    measured 1.2x (8x8) to 2x (28x28) there; elsewhere it can be slower than fp32.
+    """
+    check_precision(precision)
     if precision == "bf16":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """``channels_last`` on CUDA (tensor-core convolutions want NHWC); the default layout on the CPU, where it
-    did not win in bench/bench_knobs.py."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    """The layout of the model's conv weights (activations follow them).
+
+    ``channels_last`` on CUDA (NHWC convolutions, unmeasured here) and on CPUs with AVX-512, where
+    bench/bench_knobs.py measured +2% (8x8) to +27% (28x28); on AVX2 CPUs FACTS.md measured it mixed (+3% with
+    batchnorm, -16% without), so there the default layout stays.
+    """
+    if device.type == "cuda" or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def draw_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator,

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from cnnsearch.config import PACK_SETTINGS
+from cnnsearch.config import PACK_PRECISION_ERROR, PACK_SETTINGS
 from cnnsearch.errors import CnnSearchError
 
 if TYPE_CHECKING:
@@ -44,13 +44,14 @@ FoldEpochHook = Callable[[int, int, float], None]
 def use_packing(setting: str, device: torch.device) -> bool:
     """Whether ``--pack-folds`` trains the folds packed on ``device``.
 
-    ``auto`` is off on the CPU, where bench/bench_pack.py measured packing slower than sequential folds (the
-    conv kernels are already compute-bound and vmap adds work), and off on CUDA too, where packing is expected
-    to win for small models (fewer, larger kernel launches) but has not been measured yet.
+    ``auto`` is off on the CPU, where bench/bench_pack.py measured packing at 0.5-0.7x the speed of sequential
+    folds for the default-sized models (vmap turns each conv into a grouped conv, which the CPU kernels run
+    worse than k plain ones) and 1.1-1.2x only for a tiny 8x8 model. It is off on CUDA too: there packing is
+    expected to win for small models (k times fewer kernel launches), but it has not been measured on a GPU.
     """
     if setting not in PACK_SETTINGS:
         raise CnnSearchError(f"--pack-folds: unknown value {setting!r}; allowed: {', '.join(PACK_SETTINGS)}")
-    return setting == "on"
+    return setting == "on"  # auto: off on every device, for the reasons above
 
 
 class _FoldView:
@@ -84,6 +85,7 @@ def train_folds_packed(
     explode: float = 100.0,
     on_epoch: FoldEpochHook | None = None,
     precision: str = "fp32",
+    norms: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[FoldResult]:
     """Train every fold of one trial at once; fold ``f`` matches ``train_fold(..., seed=seeds[f], fold=f)``.
 
@@ -97,7 +99,8 @@ def train_folds_packed(
         seeds: One seed per fold, as :func:`cnnsearch.train.train_fold` takes.
         explode: Diverged when a fold's loss exceeds this multiple of its first-step loss.
         on_epoch: Called after each epoch for each fold in order.
-        precision: ``fp32``, or ``bf16`` autocast (CUDA only).
+        precision: ``fp32`` only: under ``vmap``, batchnorm refuses bf16 activations with float32 statistics.
+        norms: ``normalisation`` of each fold's training images, when the caller already has them.
 
     Raises:
         Diverged: a fold's loss became NaN or inf, exploded, or its weights stopped being finite.
@@ -107,10 +110,20 @@ def train_folds_packed(
     from torch import nn
     from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-    from cnnsearch.devices import autocast, continue_cpu_stream, draw_mask, memory_format, use_host_dropout
+    from cnnsearch.devices import autocast, continue_cpu_stream, draw_mask, use_host_dropout
     from cnnsearch.model import build_model, count_params, l2_term
-    from cnnsearch.train import Diverged, FoldResult, _classify, evaluate, make_optimizer, normalisation
+    from cnnsearch.train import (
+        Diverged,
+        FoldResult,
+        _classify,
+        eval_batch_size,
+        evaluate,
+        make_optimizer,
+        normalisation,
+    )
 
+    if precision != "fp32":
+        raise CnnSearchError(PACK_PRECISION_ERROR)
     device = x.device
     forward_context = autocast(device, precision)
     k = len(folds)
@@ -125,7 +138,9 @@ def train_folds_packed(
         model = build_model(params, int(c), min(int(h), int(w)), n_classes)
         mask_gens.append(continue_cpu_stream())
         dropout_names = use_host_dropout(model, None)  # masks are fed in as buffers
-        models.append(model.to(device).to(memory_format=memory_format(device)))
+        # The default layout: channels_last gained nothing packed (bench_pack) and sends adaptive pooling to
+        # vmap's slow fallback.
+        models.append(model.to(device))
     order_gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     template = models[0]  # only its structure is used: functional_call swaps in each fold's tensors
     stacked_params, stacked_buffers = stack_module_state(models)
@@ -137,11 +152,13 @@ def train_folds_packed(
     dropout_width = _dropout_widths(template, dropout_names, x[:1].float())
     opts = [make_optimizer(params, [packed[n][f] for n in names]) for f in range(k)]
     scheds = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=params.decay) for o in opts]
-    norms = [normalisation(x[tr]) for tr, _ in folds]
+    if norms is None:
+        norms = [normalisation(x[tr]) for tr, _ in folds]
     scale = torch.stack([s for s, _ in norms])  # (k, 1, C, 1, 1)
     shift = torch.stack([s for _, s in norms])
     beta = params.l2
     bs = params.batch_size
+    eval_batch = eval_batch_size(device, int(h), int(w), params.width)
     sizes = [len(tr) for tr, _ in folds]
     steps_per_epoch = max(math.ceil(n / bs) for n in sizes)
     all_folds = list(range(k))
@@ -237,7 +254,8 @@ def train_folds_packed(
             sched.step()
         for f, (_, va) in enumerate(folds):
             view = _FoldView(template, {n: t[f] for n, t in packed.items()}, {n: t[f] for n, t in buffers.items()})
-            acc = evaluate(view, x[va], y[va], scale[f], shift[f], precision=precision)  # type: ignore[arg-type]
+            acc = evaluate(view, x[va], y[va], scale[f], shift[f], precision=precision,  # type: ignore[arg-type]
+                           batch=eval_batch)
             curves[f].append(acc)
         if on_epoch is not None:
             for f in all_folds:

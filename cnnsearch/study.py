@@ -272,7 +272,8 @@ def trial_seed(study_seed: int, number: int, fold: int) -> int:
 def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optuna.Trial], float]:
     """The function Optuna calls: k folds of training, reported with global step ``fold * epochs + epoch``.
 
-    The folds are cut from ``data`` (already on the training device) once, here, not per trial. With
+    The folds are cut from ``data`` (already on the training device) and their normalisation statistics computed
+    once, here, not per trial. With
     ``--pack-folds`` on, the folds of a trial train together (:mod:`cnnsearch.packed`).
     """
     import optuna
@@ -281,7 +282,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
     from cnnsearch.data import fold_indices
     from cnnsearch.packed import train_folds_packed, use_packing
     from cnnsearch.space import suggest
-    from cnnsearch.train import Diverged, FoldResult, train_fold
+    from cnnsearch.train import Diverged, FoldResult, normalisation, train_fold
 
     run = config.run
     device = data.x.device
@@ -289,6 +290,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
     folds = [(torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device))
              for tr, va in fold_indices(data.y.cpu().numpy(), run.folds, run.seed)]
     fold_data = [] if pack else [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
+    norms = [normalisation(data.x[tr]) for tr, _ in folds]
 
     def objective(trial: optuna.Trial) -> float:
         params: TrialParams = suggest(trial, config.space)
@@ -320,7 +322,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
             if pack:
                 for result in train_folds_packed(params, data.x, data.y, folds, n_classes=data.n_classes,
                                                  epochs=run.epochs, seeds=seeds, explode=run.explode,
-                                                 on_epoch=on_epoch, precision=run.precision):
+                                                 on_epoch=on_epoch, precision=run.precision, norms=norms):
                     record(result)
             else:
                 for fold, (x_tr, y_tr, x_va, y_va) in enumerate(fold_data):
@@ -328,7 +330,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
                         params, x_tr, y_tr, x_va, y_va, n_classes=data.n_classes, epochs=run.epochs,
                         seed=seeds[fold], explode=run.explode, fold=fold,
                         on_epoch=lambda epoch, acc, fold=fold: on_epoch(fold, epoch, acc),  # type: ignore[misc]
-                        precision=run.precision,
+                        precision=run.precision, norm=norms[fold],
                     ))
         except Diverged as div:
             for key, value in div.attrs().items():
@@ -414,11 +416,10 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     import optuna
 
     from cnnsearch.data import load_dataset, on_device
-    from cnnsearch.devices import check_precision, resolve_device
+    from cnnsearch.devices import resolve_device
 
     run = config.run
     device = resolve_device(run.device)
-    check_precision(run.precision, device)
     _set_threads(run.threads or max(1, (os.cpu_count() or 1) // run.workers))
     # Loaded, split and moved to the device once per process; every fold of every trial indexes into it.
     data = on_device(load_dataset(run.dataset, seed=run.seed, test_fraction=run.test_fraction,

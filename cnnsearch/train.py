@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from cnnsearch.space import TrialParams
 
 DivergenceKind = Literal["nan", "inf", "explode"]
-EVAL_BATCH = 1024  # images per evaluation forward pass; large batches amortise per-call overhead
+EVAL_BATCH = 1024  # most images per evaluation forward pass; large batches amortise per-call overhead
+EVAL_CACHE_BYTES = 8 * 2**20  # first-layer activations of one CPU evaluation batch: what stays in cache
 
 
 class Diverged(Exception):
@@ -61,9 +62,23 @@ def _classify(value: float) -> DivergenceKind:
     return "nan" if math.isnan(value) else "inf"
 
 
+def eval_batch_size(device: torch.device, height: int, width: int, channels: int) -> int:
+    """Images per evaluation forward pass for a model whose first conv has ``channels`` outputs.
+
+    On the CPU, the largest power of two (32 to 1024) whose first-layer activations fit in
+    :data:`EVAL_CACHE_BYTES`: bench/bench_knobs.py measured batches of 64-128 twice as fast as 1024 on 28x28
+    input (1024 spill the cache), while 8x8 input wants 1024 (per-call overhead dominates). Elsewhere
+    :data:`EVAL_BATCH`.
+    """
+    if device.type != "cpu":
+        return EVAL_BATCH
+    fit = EVAL_CACHE_BYTES // max(1, height * width * channels * 4)
+    return max(32, min(EVAL_BATCH, 1 << max(0, fit.bit_length() - 1)))
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
-             shift: torch.Tensor, *, precision: str = "fp32") -> float:
-    """Accuracy of ``model`` on uint8 images ``x``, normalised with ``scale`` and ``shift``."""
+             shift: torch.Tensor, *, precision: str = "fp32", batch: int = EVAL_BATCH) -> float:
+    """Accuracy of ``model`` on uint8 images ``x``, normalised with ``scale`` and ``shift``, ``batch`` at a time."""
     import torch
 
     from cnnsearch.devices import autocast
@@ -73,9 +88,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Te
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
     with torch.inference_mode(), autocast(y.device, precision):
-        for i in range(0, len(y), EVAL_BATCH):
-            xb = x[i:i + EVAL_BATCH].float().mul_(scale).add_(shift)
-            correct += (model(xb).argmax(1) == y[i:i + EVAL_BATCH]).sum()
+        for i in range(0, len(y), batch):
+            xb = x[i:i + batch].float().mul_(scale).add_(shift)
+            correct += (model(xb).argmax(1) == y[i:i + batch]).sum()
     return int(correct.item()) / len(y)
 
 
@@ -110,13 +125,15 @@ def train_fold(
     fold: int = 0,
     on_epoch: EpochHook | None = None,
     precision: str = "fp32",
+    norm: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FoldResult:
     """Train a fresh model on one fold and score it on the validation part after every epoch.
 
     Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
     shuffled index and normalised on the fly with statistics of ``x_train`` alone. Weight init, batch order and
     dropout masks are drawn on the CPU, so that the device changes results by float noise only;
-    ``precision="bf16"`` (CUDA only) runs the forward pass under bf16 autocast.
+    ``precision="bf16"`` runs the forward pass under bf16 autocast. ``norm`` is ``normalisation(x_train)`` when
+    the caller already has it (the objective computes it once per fold, not once per trial).
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
@@ -129,7 +146,7 @@ def train_fold(
     from cnnsearch.model import build_model, count_params, l2_term, l2_weights
 
     device = x_train.device
-    forward_context = autocast(device, precision)  # refuses bf16 off CUDA before any work
+    forward_context = autocast(device, precision)
     torch.manual_seed(seed)  # weight init, on the CPU
     gen = torch.Generator().manual_seed(seed)  # batch order, on the CPU whatever the device
     _, c, h, w = x_train.shape
@@ -139,9 +156,10 @@ def train_fold(
     weights = l2_weights(model)
     opt = make_optimizer(params, model.parameters())
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
-    scale, shift = normalisation(x_train)
+    scale, shift = norm if norm is not None else normalisation(x_train)
     beta = params.l2
     n, bs = len(y_train), params.batch_size
+    eval_batch = eval_batch_size(device, int(h), int(w), params.width)
     # On CUDA a per-step .item() would sync the device; there the check reads a window of steps at once.
     check_every = 1 if device.type == "cpu" else 16
     pending: list[torch.Tensor] = []
@@ -193,7 +211,7 @@ def train_fold(
             raise Diverged(_classify(bad), fold=fold, epoch=epoch, step=step - 1,
                            lr=opt.param_groups[0]["lr"], value=bad)
         sched.step()
-        acc = evaluate(model, x_val, y_val, scale, shift, precision=precision)
+        acc = evaluate(model, x_val, y_val, scale, shift, precision=precision, batch=eval_batch)
         curve.append(acc)
         if on_epoch is not None:
             on_epoch(epoch, acc)
