@@ -149,9 +149,12 @@ def eval_rows(data: dict[str, tuple[torch.Tensor, ...]], repeats: int) -> None:
                 shift: Any = shift) -> None:
             if mode == "no_grad":  # the same loop as evaluate(), under no_grad instead of inference_mode
                 model.eval()
+                correct = torch.zeros((), dtype=torch.int64)
                 with torch.no_grad():
                     for i in range(0, len(y_va), batch):
-                        model(x_va[i:i + batch].float().mul_(scale).add_(shift)).argmax(1)
+                        xb = x_va[i:i + batch].float().mul_(scale).add_(shift)
+                        correct += (model(xb).argmax(1) == y_va[i:i + batch]).sum()
+                int(correct.item())
             else:
                 train.evaluate(model, x_va, y_va, scale, shift, batch=batch)
 
