@@ -73,6 +73,23 @@ class Pruner(StrEnum):
     none = "none"
 
 
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class PackFolds(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 # Options shared by several commands.
 StudyOpt = Annotated[str, typer.Option("--study", "-s", help="Name of the study; also names its SQLite file.")]
 StorageOpt = Annotated[
@@ -152,6 +169,16 @@ def run(
              "on the command line override it.")] = None,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the merged configuration as TOML and exit without running.")] = False,
+    device: Annotated[Device | None, typer.Option(
+        help="Where to train: cpu, cuda, or auto (CUDA when torch finds a GPU, else the CPU). Results do not "
+             f"depend on the device beyond float noise. {_default('device')}")] = None,
+    precision: Annotated[Precision | None, typer.Option(
+        help="Training precision: fp32, or bf16 (autocast, CUDA only; stored with the study). "
+             f"{_default('precision')}")] = None,
+    pack_folds: Annotated[PackFolds | None, typer.Option(
+        "--pack-folds", help="Train the folds of a trial as one packed model (torch.func vmap): on, off, or auto "
+                             "(what the benchmarks measured faster on this device; currently off). "
+                             f"{_default('pack_folds')}")] = None,
     widen_space: Annotated[bool, typer.Option(
         "--widen-space", help="Allow resuming with a space that contains the stored one.")] = False,
     allow_deep: Annotated[bool, typer.Option(
@@ -194,6 +221,9 @@ def run(
                  "timeout": timeout,
                  "allow_deep": allow_deep or None, "data_dir": data_dir, "download": download or None,
                  "image_size": image_size, "strict": strict or None,
+                 "device": device.value if device else None,
+                 "precision": precision.value if precision else None,
+                 "pack_folds": pack_folds.value if pack_folds else None,
     }
     config = load_config(config_file, {k: v for k, v in run_given.items() if v is not None},
                          {k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)

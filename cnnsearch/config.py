@@ -17,10 +17,18 @@ from cnnsearch.sources import check_name
 Value = float | int | str | bool
 Kind = Literal["float", "int", "str", "bool"]
 PrunerName = Literal["median", "hyperband", "none"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["fp32", "bf16"]
+PackName = Literal["auto", "on", "off"]
 
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 AUGMENTS: tuple[str, ...] = ("none", "flip", "crop", "flip+crop")
 """Augmentations of training batches; ``+`` combines two, since ``,`` separates choices in a space option."""
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PACK_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
+PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchnorm refuses bf16 activations "
+                        "with float32 statistics); use --precision fp32 or --pack-folds off")
 MAX_LAYERS = 12
 """Deeper plain CNNs need tricks (residuals) this tool does not build; ``allow_deep`` lifts the cap."""
 
@@ -281,6 +289,9 @@ class RunSettings:
     download: bool = False  # let torchvision fetch missing dataset files
     image_size: int | None = None  # resize every image to this square size (pixels); None keeps the source's
     strict: bool = False  # an unreadable image in a folder is an error instead of a skipped file
+    device: DeviceName = "auto"  # where training runs; auto -> CUDA when torch.cuda.is_available(), else CPU
+    precision: PrecisionName = "fp32"  # fp32, or bf16 autocast (CUDA only)
+    pack_folds: PackName = "auto"  # train a trial's folds as one packed model; auto -> what bench_pack measured
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -298,6 +309,13 @@ class RunSettings:
                 raise CnnSearchError(f"{label} must be {allowed} but got {getattr(self, attr)}")
         if self.pruner not in PRUNERS:
             raise CnnSearchError(f"--pruner: unknown pruner {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
+        for label, value, allowed_values in (("--device", self.device, DEVICES),
+                                             ("--precision", self.precision, PRECISIONS),
+                                             ("--pack-folds", self.pack_folds, PACK_SETTINGS)):
+            if value not in allowed_values:
+                raise CnnSearchError(f"{label}: unknown value {value!r}; allowed: {', '.join(allowed_values)}")
+        if self.pack_folds == "on" and self.precision != "fp32":
+            raise CnnSearchError(PACK_PRECISION_ERROR)
         if self.max_samples is not None and self.max_samples < 2:
             raise CnnSearchError(f"--max-samples must be at least 2 but got {self.max_samples}")
         if self.timeout is not None and self.timeout <= 0:
@@ -316,8 +334,11 @@ class RunSettings:
 
 
 FIXED_SETTINGS: tuple[str, ...] = ("dataset", "folds", "epochs", "seed", "explode", "test_fraction",
-                                   "max_samples", "image_size")
-"""Settings that define a study: resuming with other values would mix incomparable trials."""
+                                   "max_samples", "image_size", "precision")
+"""Settings that define a study: resuming with other values would mix incomparable trials.
+
+``device`` and ``pack_folds`` are not among them: they change results by float noise only. ``precision`` is:
+bf16 changes them by more."""
 
 
 @dataclass(frozen=True)
@@ -354,10 +375,13 @@ def run_settings_fields() -> list[str]:
 
 __all__ = [
     "AUGMENTS",
+    "DEVICES",
     "DIMS",
     "DIM_BY_NAME",
     "FIXED_SETTINGS",
     "MAX_LAYERS",
+    "PACK_SETTINGS",
+    "PRECISIONS",
     "PRUNERS",
     "Config",
     "Dim",

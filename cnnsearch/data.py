@@ -174,6 +174,16 @@ def dataset_for(run: RunSettings) -> Dataset:
                         data_dir=data_dir, download=run.download, image_size=run.image_size, strict=run.strict)
 
 
+def on_device(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` with its tensors on ``device``: done once per process, so batching by index runs there."""
+    import dataclasses
+
+    if data.x.device == device:
+        return data
+    return dataclasses.replace(data, x=data.x.to(device), y=data.y.to(device), x_test=data.x_test.to(device),
+                               y_test=data.y_test.to(device))
+
+
 def fold_indices(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold (train, validation) index pairs; disjoint, and together covering every index."""
     import numpy as np

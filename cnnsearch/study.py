@@ -333,16 +333,27 @@ def trial_seed(study_seed: int, number: int, fold: int) -> int:
 
 
 def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optuna.Trial], float]:
-    """The function Optuna calls: k folds of training, reported with global step ``fold * epochs + epoch``."""
-    import numpy as np
+    """The function Optuna calls: k folds of training, reported with global step ``fold * epochs + epoch``.
+
+    The folds are cut from ``data`` (already on the training device) and their normalisation statistics computed
+    once, here, not per trial. With
+    ``--pack-folds`` on, the folds of a trial train together (:mod:`cnnsearch.packed`).
+    """
     import optuna
+    import torch
 
     from cnnsearch.data import fold_indices
+    from cnnsearch.packed import train_folds_packed, use_packing
     from cnnsearch.space import suggest
-    from cnnsearch.train import Diverged, train_fold
+    from cnnsearch.train import Diverged, FoldResult, normalisation, train_fold
 
     run = config.run
-    folds = fold_indices(data.y.numpy(), run.folds, run.seed)
+    device = data.x.device
+    pack = use_packing(run.pack_folds, device)
+    folds = [(torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device))
+             for tr, va in fold_indices(data.y.cpu().numpy(), run.folds, run.seed)]
+    fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
+    norms = [normalisation(data.x[tr]) for tr, _ in folds]
 
     def objective(trial: optuna.Trial) -> float:
         params: TrialParams = suggest(trial, config.space)
@@ -352,28 +363,16 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
         scores: list[float] = []
         ratios: list[float] = []
         curves: list[list[float]] = []
-        for fold, (tr, va) in enumerate(folds):
+        seeds = [trial_seed(run.seed, trial.number, fold) for fold in range(run.folds)]
 
-            def on_epoch(epoch: int, acc: float, fold: int = fold) -> None:
-                trial.report(acc, fold * run.epochs + epoch)
-                emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-                if trial.should_prune():
-                    trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
-                    raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}")
+        def on_epoch(fold: int, epoch: int, acc: float) -> None:
+            trial.report(acc, fold * run.epochs + epoch)
+            emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
+                raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}")
 
-            tr_t, va_t = np.asarray(tr), np.asarray(va)
-            try:
-                result = train_fold(
-                    params, data.x[tr_t], data.y[tr_t], data.x[va_t], data.y[va_t],
-                    n_classes=data.n_classes, epochs=run.epochs, seed=trial_seed(run.seed, trial.number, fold),
-                    explode=run.explode, fold=fold, on_epoch=on_epoch,
-                )
-            except Diverged as div:
-                for key, value in div.attrs().items():
-                    trial.set_user_attr(key, value)
-                # The worst score, at a step not yet reported, so the sampler learns to avoid this region.
-                trial.report(0.0, fold * run.epochs + div.epoch)
-                raise optuna.TrialPruned(str(div)) from None
+        def record(result: FoldResult) -> None:
             scores.append(result.accuracy)
             ratios.append(result.l2_ratio)
             curves.append(result.curve)
@@ -381,6 +380,27 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
             trial.set_user_attr("fold_l2_ratios", ratios)
             trial.set_user_attr("curves", curves)
             trial.set_user_attr("n_params", result.n_params)
+
+        try:
+            if pack and params.augment == "none":  # packed training does not augment: those trials run per fold
+                for result in train_folds_packed(params, data.x, data.y, folds, n_classes=data.n_classes,
+                                                 epochs=run.epochs, seeds=seeds, explode=run.explode,
+                                                 on_epoch=on_epoch, precision=run.precision, norms=norms):
+                    record(result)
+            else:
+                for fold, (x_tr, y_tr, x_va, y_va) in enumerate(fold_data):
+                    record(train_fold(
+                        params, x_tr, y_tr, x_va, y_va, n_classes=data.n_classes, epochs=run.epochs,
+                        seed=seeds[fold], explode=run.explode, fold=fold,
+                        on_epoch=lambda epoch, acc, fold=fold: on_epoch(fold, epoch, acc),  # type: ignore[misc]
+                        precision=run.precision, norm=norms[fold],
+                    ))
+        except Diverged as div:
+            for key, value in div.attrs().items():
+                trial.set_user_attr(key, value)
+            # The worst score, at a step not yet reported, so the sampler learns to avoid this region.
+            trial.report(0.0, div.fold * run.epochs + div.epoch)
+            raise optuna.TrialPruned(str(div)) from None
         std = statistics.pstdev(scores) if len(scores) > 1 else 0.0
         trial.set_user_attr("cv_std", std)
         trial.set_user_attr("l2_ratio", max(ratios))
@@ -481,12 +501,15 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total."""
     import optuna
 
-    from cnnsearch.data import dataset_for, fold_indices
+    from cnnsearch.data import dataset_for, fold_indices, on_device
+    from cnnsearch.devices import resolve_device
 
     run = config.run
+    device = resolve_device(run.device)
     _set_threads(run.threads or max(1, (os.cpu_count() or 1) // run.workers))
-    data = dataset_for(run)
-    fold_indices(data.y.numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
+    # Loaded, split and moved to the device once per process; every fold of every trial indexes into it.
+    data = on_device(dataset_for(run), device)
+    fold_indices(data.y.cpu().numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_or_resume(config, widen=widen, data=data)
     study.sampler = _sampler(config, worker)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from cnnsearch.space import TrialParams
 
 DivergenceKind = Literal["nan", "inf", "explode"]
-EVAL_BATCH = 1024  # images per evaluation forward pass; large batches amortise per-call overhead
+EVAL_BATCH = 1024  # most images per evaluation forward pass; large batches amortise per-call overhead
+EVAL_CACHE_BYTES = 8 * 2**20  # first-layer activations of one CPU evaluation batch: what stays in cache
 
 
 class Diverged(Exception):
@@ -62,19 +63,35 @@ def _classify(value: float) -> DivergenceKind:
     return "nan" if math.isnan(value) else "inf"
 
 
+def eval_batch_size(device: torch.device, height: int, width: int, channels: int) -> int:
+    """Images per evaluation forward pass for a model whose first conv has ``channels`` outputs.
+
+    On the CPU, the largest power of two (32 to 1024) whose first-layer activations fit in
+    :data:`EVAL_CACHE_BYTES`: bench/bench_knobs.py measured batches of 64-128 twice as fast as 1024 on 28x28
+    input (1024 spill the cache), while 8x8 input wants 1024 (per-call overhead dominates). Elsewhere
+    :data:`EVAL_BATCH`.
+    """
+    if device.type != "cpu":
+        return EVAL_BATCH
+    fit = EVAL_CACHE_BYTES // max(1, height * width * channels * 4)
+    return max(32, min(EVAL_BATCH, 1 << max(0, fit.bit_length() - 1)))
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
-             shift: torch.Tensor) -> float:
-    """Accuracy of ``model`` on uint8 images ``x``, normalised with ``scale`` and ``shift``."""
+             shift: torch.Tensor, *, precision: str = "fp32", batch: int = EVAL_BATCH) -> float:
+    """Accuracy of ``model`` on uint8 images ``x``, normalised with ``scale`` and ``shift``, ``batch`` at a time."""
     import torch
+
+    from cnnsearch.devices import autocast
 
     if len(y) == 0:
         return float("nan")
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=y.device)
-    with torch.inference_mode():
-        for i in range(0, len(y), EVAL_BATCH):
-            xb = x[i:i + EVAL_BATCH].float().mul_(scale).add_(shift)
-            correct += (model(xb).argmax(1) == y[i:i + EVAL_BATCH]).sum()
+    with torch.inference_mode(), autocast(y.device, precision):
+        for i in range(0, len(y), batch):
+            xb = x[i:i + batch].float().mul_(scale).add_(shift)
+            correct += (model(xb).argmax(1) == y[i:i + batch]).sum()
     return int(correct.item()) / len(y)
 
 
@@ -86,12 +103,13 @@ def normalisation(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return 1.0 / (255.0 * std), -mean / std
 
 
-def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(params: TrialParams, tensors: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """The trial's optimizer over ``tensors`` (a model's parameters, or one fold's views of packed ones)."""
     import torch
 
     if params.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum or 0.0)
-    return torch.optim.Adam(model.parameters(), lr=params.lr)
+        return torch.optim.SGD(tensors, lr=params.lr, momentum=params.momentum or 0.0)
+    return torch.optim.Adam(tensors, lr=params.lr)
 
 
 def train_fold(
@@ -107,6 +125,8 @@ def train_fold(
     explode: float = 100.0,
     fold: int = 0,
     on_epoch: EpochHook | None = None,
+    precision: str = "fp32",
+    norm: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FoldResult:
     """Train a fresh model on one fold and score it on the validation part after every epoch.
 
@@ -115,6 +135,9 @@ def train_fold(
     alone (the un-augmented training images), so validation and test images never shape the normalisation.
     An empty validation part skips scoring (the curve holds NaN): the final retrain trains that way. The result
     keeps the model.
+    Weight init, batch order and dropout masks are drawn on the CPU, so that the device changes results by float
+    noise only; ``precision="bf16"`` runs the forward pass under bf16 autocast. ``norm`` is
+    ``normalisation(x_train)`` when the caller already has it (the objective computes it once per fold).
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
@@ -124,20 +147,25 @@ def train_fold(
     import torch.nn.functional as F
 
     from cnnsearch.augment import batch_augment
+    from cnnsearch.devices import autocast, continue_cpu_stream, memory_format, use_host_dropout
     from cnnsearch.model import build_model, count_params, l2_term, l2_weights
 
     device = x_train.device
-    torch.manual_seed(seed)  # weight init and dropout
-    gen = torch.Generator(device=device).manual_seed(seed)  # batch order
+    forward_context = autocast(device, precision)
+    torch.manual_seed(seed)  # weight init, on the CPU
+    gen = torch.Generator().manual_seed(seed)  # batch order, on the CPU whatever the device
     _, c, h, w = x_train.shape
-    model = build_model(params, int(c), min(int(h), int(w)), n_classes).to(device)
+    model = build_model(params, int(c), min(int(h), int(w)), n_classes)
+    use_host_dropout(model, continue_cpu_stream())  # the masks nn.Dropout would draw on the CPU
+    model = model.to(device).to(memory_format=memory_format(device))
     weights = l2_weights(model)
-    opt = make_optimizer(params, model)
+    opt = make_optimizer(params, model.parameters())
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
-    scale, shift = normalisation(x_train)
+    scale, shift = norm if norm is not None else normalisation(x_train)
     augment = batch_augment(params.augment, height=int(h), width=int(w), seed=seed, device=device)
     beta = params.l2
     n, bs = len(y_train), params.batch_size
+    eval_batch = eval_batch_size(device, int(h), int(w), params.width)
     # On CUDA a per-step .item() would sync the device; there the check reads a window of steps at once.
     check_every = 1 if device.type == "cpu" else 16
     pending: list[torch.Tensor] = []
@@ -164,12 +192,13 @@ def train_fold(
         model.train()
         ce_sum.zero_()
         ce_count = 0
-        perm = torch.randperm(n, generator=gen, device=device)
+        perm = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, bs):
             idx = perm[start:start + bs]
             xb = x_train[idx] if augment is None else augment(x_train[idx])  # training batches only
             xb = xb.float().mul_(scale).add_(shift)
-            ce = F.cross_entropy(model(xb), y_train[idx])
+            with forward_context:
+                ce = F.cross_entropy(model(xb), y_train[idx])
             loss = ce + beta * l2_term(weights) if beta > 0 else ce
             pending.append(loss.detach())
             step += 1
@@ -189,7 +218,7 @@ def train_fold(
             raise Diverged(_classify(bad), fold=fold, epoch=epoch, step=step - 1,
                            lr=opt.param_groups[0]["lr"], value=bad)
         sched.step()
-        acc = evaluate(model, x_val, y_val, scale, shift)
+        acc = evaluate(model, x_val, y_val, scale, shift, precision=precision, batch=eval_batch)
         curve.append(acc)
         if on_epoch is not None:
             on_epoch(epoch, acc)

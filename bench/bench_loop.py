@@ -1,0 +1,128 @@
+"""Loop overhead: cnnsearch's ``train_fold`` against a bare PyTorch loop, same model, data, batch, epochs, threads.
+
+The bare loop is the leanest honest loop: images normalised to float once up front, a shuffled index per epoch,
+forward, the same loss (cross-entropy + beta * sum(w^2)), backward, the optimizer step, the same lr decay, and a
+validation pass after each epoch like ``train_fold``'s. It has no divergence check and no hooks. It uses the same
+memory layout and evaluation batch size as cnnsearch, so that the ratio measures the loop's overhead alone; a
+second bare loop in PyTorch's default layout with evaluation batches of 1024 (what a user would write) shows
+what those two choices are worth. The sides are timed alternately; the table gives medians, the images/s ratio
+(goal >= 0.95) and the share of the machine's measured float32 sgemm rate that the conv training reaches
+(training FLOPs taken as 3x the forward FLOPs).
+
+    python -m bench.bench_loop                       # digits (8x8) and MNIST (28x28)
+    python -m bench.bench_loop --dataset mnist --samples 10000 --epochs 3 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from bench.common import (
+    alternate,
+    forward_flops,
+    machine,
+    median,
+    print_table,
+    reference_params,
+    sgemm_gflops,
+    train_val,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnsearch.space import TrialParams
+
+
+def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor,
+              y_va: torch.Tensor, epochs: int, seed: int, *, same_choices: bool = True) -> float:
+    """The reference: what a careful hand-written PyTorch loop does. Returns the last validation accuracy."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnsearch.devices import memory_format
+    from cnnsearch.model import build_model, l2_term, l2_weights
+    from cnnsearch.train import eval_batch_size, make_optimizer, normalisation
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    scale, shift = normalisation(x_tr)
+    xf, xv = x_tr.float() * scale + shift, x_va.float() * scale + shift
+    model = build_model(params, x_tr.shape[1], min(x_tr.shape[2:]), 10)
+    eval_batch = 1024
+    if same_choices:
+        model = model.to(memory_format=memory_format(x_tr.device))
+        eval_batch = eval_batch_size(x_tr.device, x_tr.shape[2], x_tr.shape[3], params.width)
+    weights = l2_weights(model)
+    opt = make_optimizer(params, model.parameters())
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
+    acc = 0.0
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y_tr), generator=gen)
+        for start in range(0, len(y_tr), params.batch_size):
+            idx = perm[start:start + params.batch_size]
+            loss = F.cross_entropy(model(xf[idx]), y_tr[idx]) + params.l2 * l2_term(weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        model.eval()
+        with torch.inference_mode():
+            correct = sum(int((model(xv[i:i + eval_batch]).argmax(1) == y_va[i:i + eval_batch]).sum())
+                          for i in range(0, len(y_va), eval_batch))
+        acc = correct / len(y_va)
+    return acc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["digits", "mnist", "both"], default="both")
+    parser.add_argument("--samples", type=int, default=4000, help="MNIST images used (of 10,000).")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="Timed rounds per side (after one warm-up).")
+    parser.add_argument("--threads", type=int, default=None, help="Torch threads (default: torch's default).")
+    args = parser.parse_args()
+
+    import torch
+
+    from cnnsearch.train import train_fold
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gflops = sgemm_gflops()
+    print(f"Machine: {machine()}\nsgemm (2048^3, float32): {gflops:.1f} GFLOP/s")
+    params = reference_params(batch_size=args.batch_size)
+    rows = []
+    for name in (["digits", "mnist"] if args.dataset == "both" else [args.dataset]):
+        x_tr, y_tr, x_va, y_va = train_val(name, None if name == "digits" else args.samples)
+
+        def cnnsearch_side(x_tr: torch.Tensor = x_tr, y_tr: torch.Tensor = y_tr, x_va: torch.Tensor = x_va,
+                           y_va: torch.Tensor = y_va) -> None:
+            train_fold(params, x_tr, y_tr, x_va, y_va, n_classes=10, epochs=args.epochs, seed=0)
+
+        def bare_side(x_tr: torch.Tensor = x_tr, y_tr: torch.Tensor = y_tr, x_va: torch.Tensor = x_va,
+                      y_va: torch.Tensor = y_va) -> None:
+            bare_loop(params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0)
+
+        def default_side(x_tr: torch.Tensor = x_tr, y_tr: torch.Tensor = y_tr, x_va: torch.Tensor = x_va,
+                         y_va: torch.Tensor = y_va) -> None:
+            bare_loop(params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0, same_choices=False)
+
+        times = alternate({"cnnsearch": cnnsearch_side, "bare": bare_side, "default": default_side}, args.repeats)
+        images = len(y_tr) * args.epochs
+        ours, bare, default = (images / median(times[k]) for k in ("cnnsearch", "bare", "default"))
+        flops = 3 * forward_flops(params, tuple(x_tr.shape[1:]), 10)  # type: ignore[arg-type]
+        rows.append([name, "x".join(map(str, x_tr.shape[2:])), len(y_tr), f"{ours:.0f}", f"{bare:.0f}",
+                     f"{ours / bare:.3f}", f"{default:.0f}", f"{ours / default:.3f}", f"{flops / 1e6:.1f}",
+                     f"{100 * ours * flops / 1e9 / gflops:.1f}%"])
+    print_table(f"train_fold vs bare loops (batch {args.batch_size}, {args.epochs} epochs, {args.repeats} rounds, "
+                "medians)",
+                ["data", "input", "train images", "cnnsearch img/s", "bare img/s (same layout)", "ratio",
+                 "bare img/s (default layout)", "ratio", "train MFLOP/img", "cnnsearch % of sgemm"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""cnnsearch against the search script a user would write instead, on the same budget.
+
+The reference is written the way Optuna's PyTorch examples are (optuna-examples ``pytorch/pytorch_simple.py``):
+a ``DataLoader`` over a ``TensorDataset`` (data normalised once with the global mean and std), shuffled
+training batches, validation through a ``DataLoader`` at the trial's batch size, ``trial.report`` after each
+epoch and ``should_prune``, a ``TPESampler`` and a ``MedianPruner``, an in-memory study. To compare like with
+like it draws from the same search space (``cnnsearch.space.suggest`` over the default space), builds the same
+model (``cnnsearch.model.build_model``) with the same loss (cross-entropy + beta * sum(w^2)), on the same
+search split, folds, epochs and trial budget, and reports at the same global step ``fold * epochs + epoch``.
+
+Both sides run as fresh subprocesses (imports included, as a user would run them), alternately; the table
+gives the median wall time, the best CV accuracy (of the last round) and the share of the budget's fold-epochs
+that were actually trained (pruning and divergence stops save the rest).
+
+    python -m bench.bench_vs_script --dataset digits --trials 30 --epochs 10
+    python -m bench.bench_vs_script --dataset mnist --trials 20 --epochs 5 --max-samples 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, cnnsearch_cmd, env, median, mnist_npz, print_table
+
+
+def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: int,
+                     max_samples: int | None) -> dict[str, Any]:
+    """The hand-written Optuna search. Returns its best CV accuracy and the fold-epochs it trained."""
+    import numpy as np
+    import optuna
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from cnnsearch.config import build_space
+    from cnnsearch.data import fold_indices, load_dataset
+    from cnnsearch.model import build_model
+    from cnnsearch.space import suggest
+
+    data = load_dataset(dataset, seed=seed, test_fraction=0.2, max_samples=max_samples)
+    x = data.x.float() / 255.0
+    x = (x - x.mean()) / x.std()  # the usual transforms.Normalize(mean, std) with global statistics
+    y = data.y
+    splits = fold_indices(y.numpy(), folds, seed)
+    space = build_space()
+    trained = 0
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal trained
+        p = suggest(trial, space)
+        scores = []
+        for fold, (tr, va) in enumerate(splits):
+            torch.manual_seed(seed + fold)
+            model = build_model(p, x.shape[1], min(x.shape[2:]), data.n_classes)
+            if p.optimizer == "sgd":
+                optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=p.lr,
+                                                                   momentum=p.momentum or 0.0)
+            else:
+                optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=p.decay)
+            train_loader = DataLoader(TensorDataset(x[tr], y[tr]), batch_size=p.batch_size, shuffle=True)
+            valid_loader = DataLoader(TensorDataset(x[va], y[va]), batch_size=p.batch_size, shuffle=False)
+            accuracy = 0.0
+            for epoch in range(epochs):
+                model.train()
+                for data_b, target in train_loader:
+                    optimizer.zero_grad()
+                    output = model(data_b)
+                    loss = F.cross_entropy(output, target)
+                    loss = loss + p.l2 * sum(m.weight.pow(2).sum() for m in model.modules()
+                                             if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                trained += 1
+                model.eval()
+                correct = 0
+                with torch.no_grad():
+                    for data_b, target in valid_loader:
+                        correct += int((model(data_b).argmax(dim=1) == target).sum())
+                accuracy = correct / len(va)
+                trial.report(accuracy, fold * epochs + epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            scores.append(accuracy)
+        return float(np.mean(scores))
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner())
+    study.optimize(objective, n_trials=trials)
+    best = study.best_value if any(t.value is not None for t in study.trials) else None
+    return {"best": best, "trained": trained}
+
+
+def cnnsearch_result(db: Path, study: str) -> dict[str, Any]:
+    """Best CV accuracy and fold-epochs trained, read back from the study cnnsearch wrote."""
+    import optuna
+
+    s = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+    completed = [t.value for t in s.trials if t.value is not None and t.state.name == "COMPLETE"]
+    # Each reported step is one trained fold-epoch, except the 0.0 a diverged trial reports when it stops.
+    trained = sum(len(t.intermediate_values) - (1 if t.user_attrs.get("diverged") else 0) for t in s.trials)
+    return {"best": max(completed) if completed else None, "trained": trained}
+
+
+def cnnsearch_accepts(dataset: str) -> str | None:
+    """None when this cnnsearch loads ``dataset``, else the reason it does not."""
+    from cnnsearch.data import load_dataset
+    from cnnsearch.errors import CnnSearchError
+
+    try:
+        load_dataset(dataset, seed=0, test_fraction=0.2, max_samples=100)
+    except CnnSearchError as exc:
+        return exc.message
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
+                        help="digits, or the real MNIST test set passed to cnnsearch as npz:PATH.")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="Rounds of both sides (alternating).")
+    parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset-spec", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.reference_only:  # the subprocess side of the reference
+        print(json.dumps(reference_search(args.dataset_spec, args.trials, args.folds, args.epochs, args.seed,
+                                          args.max_samples)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = "digits"
+        if args.dataset == "mnist":
+            spec = f"npz:{mnist_npz(Path(tmp) / 'mnist-t10k.npz')}"
+            reason = cnnsearch_accepts(spec)
+            if reason is not None:
+                print(f"Skipping MNIST: this cnnsearch does not accept {spec!r} yet ({reason}).")
+                return
+        budget = ["--folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(args.seed)]
+        if args.max_samples:
+            budget += ["--max-samples", str(args.max_samples)]
+        times: dict[str, list[float]] = {"cnnsearch": [], "reference": []}
+        results: dict[str, dict[str, Any]] = {}
+        for r in range(args.repeats):
+            study, db = f"bench{r}", Path(tmp) / f"bench{r}.db"
+            t0 = time.perf_counter()
+            done = subprocess.run(cnnsearch_cmd("run", "--study", study, "--storage", f"sqlite:///{db}", "-n",
+                                                str(args.trials), "--dataset", spec, *budget),
+                                  env=env(), cwd=tmp, capture_output=True, text=True)
+            times["cnnsearch"].append(time.perf_counter() - t0)
+            if done.returncode != 0:
+                sys.exit(f"cnnsearch run failed ({done.returncode}):\n{done.stderr}")
+            results["cnnsearch"] = cnnsearch_result(db, study)
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "bench.bench_vs_script", "--reference-only",
+                                  "--dataset-spec", spec, "--trials", str(args.trials), *budget[:6],
+                                  *(["--max-samples", str(args.max_samples)] if args.max_samples else [])],
+                                 env=env(), cwd=ROOT, check=True, capture_output=True, text=True)
+            times["reference"].append(time.perf_counter() - t0)
+            results["reference"] = json.loads(out.stdout.strip().splitlines()[-1])
+    total = args.trials * args.folds * args.epochs
+    rows = []
+    for name in ("reference", "cnnsearch"):
+        best = results[name]["best"]
+        rows.append([name, f"{median(times[name]):.1f}", "-" if best is None else f"{100 * best:.2f}%",
+                     f"{results[name]['trained']}/{total} ({100 * results[name]['trained'] / total:.0f}%)"])
+    ratio = median(times["reference"]) / median(times["cnnsearch"])
+    print_table(f"{args.dataset}: {args.trials} trials x {args.folds} folds x {args.epochs} epochs "
+                f"({args.repeats} rounds, median wall time); cnnsearch is {ratio:.2f}x faster",
+                ["search", "wall s", "best CV accuracy", "fold-epochs trained"], rows)
+
+
+if __name__ == "__main__":
+    main()
