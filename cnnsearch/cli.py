@@ -60,8 +60,9 @@ StorageOpt = Annotated[
 ]
 
 WorkersOpt = Annotated[str | None, typer.Option(
-    "--workers", help="Worker processes on this machine: a number, or auto for one per core (at most one per "
-                      "trial left), each with cores / workers torch threads. [default: auto]")]
+    "--workers", envvar="CNNSEARCH_WORKERS", show_envvar=True,
+    help="Worker processes on this machine: a number, or auto for one per core (at most one per trial left), "
+         "each with cores / workers torch threads. [default: auto]")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="Torch threads per worker. Default: cores / workers.")]
 
 SPACE_HELP = "Value syntax: low:high is a range, a,b,c a choice, a single value fixes it."

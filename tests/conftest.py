@@ -32,6 +32,9 @@ def runner() -> CliRunner:
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "200")
+    # One worker, in this process, unless a test asks for more with --workers: starting worker processes
+    # costs seconds each (torch imports), and the tiny searches of most tests gain nothing from them.
+    monkeypatch.setenv("CNNSEARCH_WORKERS", "1")
     return tmp_path
 
 
