@@ -58,6 +58,8 @@ def gone_from_this_host(attrs: dict[str, Any]) -> bool | None:
         return bool(proc.status() == psutil.STATUS_ZOMBIE)  # killed, not yet reaped by its parent
     except psutil.NoSuchProcess:
         return True
+    except psutil.AccessDenied:  # another user's process that we may not inspect: it exists
+        return False
 
 
 def _requeued_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:

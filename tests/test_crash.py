@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -113,3 +114,35 @@ def test_a_trial_that_died_before_recording_its_process_is_recovered_after_a_whi
     monkeypatch.setattr(recovery, "ORPHAN_AFTER", 0)
     assert recover_dead_trials(st, storage) == [0]
     assert [t.state for t in st.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+def test_kill_9_of_one_of_two_workers_the_other_retries_its_trial_in_the_same_run(in_tmp: Path) -> None:
+    n = 6
+    proc = start_cli(["run", "--study", "t", "--epochs", "4", "--folds", "2", "--max-samples", "400",
+                      "--workers", "2", "-n", str(n)], in_tmp)
+    try:
+        victim = None
+        deadline = time.monotonic() + 90
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if not Path("studies/t.db").exists():
+                continue
+            for t in load().get_trials(states=(TrialState.RUNNING,)):
+                if "pid" in t.user_attrs and t.user_attrs["pid"] != proc.pid:
+                    victim = t
+        assert victim is not None, "no worker ever ran a trial"
+        os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "was killed by SIGKILL" in out
+    trials = load().get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == n
+    if trials[victim.number].state == TrialState.FAIL:  # killed mid-trial (not just after it finished)
+        retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+        assert len(retries) == 1 and retries[0].params == victim.params
+        assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
