@@ -97,6 +97,12 @@ StorageOpt = Annotated[
     typer.Option("--storage", help="Optuna storage URL. Default: sqlite:///studies/STUDY.db in the current folder."),
 ]
 
+WorkersOpt = Annotated[str | None, typer.Option(
+    "--workers", envvar="CNNSEARCH_WORKERS", show_envvar=True,
+    help="Worker processes on this machine: a number, or auto for one per core (at most one per trial left), "
+         "each with cores / workers torch threads. [default: auto]")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="Torch threads per worker. Default: cores / workers.")]
+
 SPACE_HELP = "Value syntax: low:high is a range, a,b,c a choice, a single value fixes it."
 
 
@@ -160,7 +166,8 @@ def run(
     ] = None,
     max_samples: Annotated[int | None, typer.Option(
         help="Search on a stratified subsample of this many images (quick trial runs).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch threads per worker. Default: all cores.")] = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
     timeout: Annotated[float | None, typer.Option(
         help="Stop starting new trials after this many seconds (the running trial finishes).")] = None,
     config_file: Annotated[Path | None, typer.Option(
@@ -205,8 +212,6 @@ def run(
 ) -> None:
     """Run or resume a cross-validated search (default: the digits study)."""
     from cnnsearch.data import dataset_for
-    from cnnsearch.report import SearchProgress
-    from cnnsearch.study import run_search
     from cnnsearch.tomlconfig import config_toml, load_config
 
     # Options left out are None: only what the user gave overrides the defaults (RunSettings, DIMS).
@@ -224,6 +229,7 @@ def run(
                  "device": device.value if device else None,
                  "precision": precision.value if precision else None,
                  "pack_folds": pack_folds.value if pack_folds else None,
+                 "workers": parse_workers(workers),
     }
     config = load_config(config_file, {k: v for k, v in run_given.items() if v is not None},
                          {k: v for k, v in space_given.items() if v is not None}, allow_deep=allow_deep)
@@ -231,29 +237,76 @@ def run(
         typer.echo(config_toml(config), nl=False)
         return
     settings = config.run
-    # Loaded here to show what the search runs on (and any skipped images) before it starts; run_search
-    # gets the same object from the per-process cache.
+    # Loaded here to show what the search runs on (and any skipped images); run_search gets the same object
+    # from the per-process cache. The description is printed once the study is open, so that a refused
+    # resume or a bad storage prints nothing but its error.
     data = dataset_for(settings)
-    console.print(data.describe(), highlight=False, markup=False, soft_wrap=True)
     for warning in data.warnings:
         err_console.print(f"Warning: {warning}", markup=False, highlight=False)
-    try:
-        with SearchProgress(console, target=settings.n_trials) as progress:
-            result = run_search(config, progress, widen=widen_space)
-    except KeyboardInterrupt:
-        err_console.print(f"Interrupted. The study is saved; resume with: {resume_command(settings)}")
-        raise typer.Exit(code=130) from None
+    result = _search(config, resume_command(settings), widen=widen_space, header=data.describe())
     _render_summary(result, settings)
 
 
-def resume_command(settings: Any) -> str:
-    cmd = f"cnnsearch run --study {settings.study}"
+@app.command()
+@handle_errors
+def worker(
+    study: Annotated[str, typer.Option("--study", "-s", help="Name of the study to join; `cnnsearch run` "
+                                       "created it.")],
+    storage: StorageOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Join an existing study from this machine: its settings, space and target are read from storage."""
+    from dataclasses import replace
+
+    from cnnsearch.study import stored_config
+    from cnnsearch.workers import machine_worker_offset
+
+    url = storage or f"sqlite:///studies/{study}.db"
+    config = stored_config(study, url)
+    config = replace(config, run=replace(config.run, workers=parse_workers(workers), threads=threads))
+    resume = resume_command(config.run, command="worker")
+    result = _search(config, resume, first_worker=machine_worker_offset())
+    _render_summary(result, config.run, command="worker")
+
+
+def parse_workers(text: str | None) -> int | None:
+    """``--workers``: a whole number of at least 1, or auto (None)."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CnnSearchError(f"--workers: {text!r} is not allowed; use a whole number of at least 1, or auto")
+    return value
+
+
+def _search(config: Any, resume: str, *, widen: bool = False, first_worker: int = 0, header: str | None = None) -> Any:
+    """Run the workers under a live display; the first Ctrl-C or SIGTERM ends with exit code 130."""
+    from cnnsearch import interrupts
+    from cnnsearch.report import SearchProgress
+    from cnnsearch.workers import run_workers
+
+    try:
+        with interrupts.handled(), SearchProgress(console, target=config.run.n_trials, header=header) as progress:
+            return run_workers(config, progress, widen=widen, first_worker=first_worker)
+    except KeyboardInterrupt:
+        why = interrupts.requested() or "Ctrl-C"
+        err_console.print(f"Interrupted by {why}: the running trial was marked failed (attribute "
+                          f"'interrupted') and queued again. Resume with: {resume}", markup=False, highlight=False)
+        raise typer.Exit(code=interrupts.EXIT_INTERRUPTED) from None
+
+
+def resume_command(settings: Any, command: str = "run") -> str:
+    cmd = f"cnnsearch {command} --study {settings.study}"
     if settings.storage:
         cmd += f" --storage {settings.storage}"
     return cmd
 
 
-def _render_summary(result: Any, settings: Any) -> None:
+def _render_summary(result: Any, settings: Any, command: str = "run") -> None:
     from cnnsearch.report import config_table, trials_table
     from cnnsearch.study import sort_rows
 
@@ -271,8 +324,8 @@ def _render_summary(result: Any, settings: Any) -> None:
     for note in result.notes:
         console.print(note, highlight=False)
     storage = f" --storage {settings.storage}" if settings.storage else ""
-    console.print(f"Resume:  {resume_command(settings)}\nInspect: cnnsearch show --study {result.study_name}{storage}",
-                  highlight=False)
+    console.print(f"Resume:  {resume_command(settings, command)}\n"
+                  f"Inspect: cnnsearch show --study {result.study_name}{storage}", highlight=False)
 
 
 @app.command()

@@ -281,7 +281,7 @@ class RunSettings:
     explode: float = 100.0  # diverged when loss > explode x the fold's first-step loss
     test_fraction: float = 0.2  # held out for the final retrain; never seen by the search
     max_samples: int | None = None  # stratified subsample of the data (quick runs, tests)
-    workers: int = 1  # worker processes
+    workers: int | None = None  # worker processes on this machine; None -> auto (see cnnsearch.workers)
     allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
     threads: int | None = None  # torch intra-op threads per worker; None -> cores / workers
     timeout: float | None = None  # seconds; no new trial starts after this much wall time in this run
@@ -301,7 +301,6 @@ class RunSettings:
             ("--seed", self.seed >= 0, "0 or more"),
             ("--explode", self.explode > 1, "greater than 1"),
             ("--test-fraction", 0 <= self.test_fraction < 1, "in [0, 1)"),
-            ("--workers", self.workers >= 1, "at least 1"),
         ]
         for label, ok, allowed in checks:
             if not ok:
@@ -320,6 +319,8 @@ class RunSettings:
             raise CnnSearchError(f"--max-samples must be at least 2 but got {self.max_samples}")
         if self.timeout is not None and self.timeout <= 0:
             raise CnnSearchError(f"--timeout must be a positive number of seconds but got {self.timeout}")
+        if self.workers is not None and self.workers < 1:
+            raise CnnSearchError(f"--workers must be at least 1 or auto but got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise CnnSearchError(f"--threads must be at least 1 but got {self.threads}")
         if self.image_size is not None and self.image_size < 4:

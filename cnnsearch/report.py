@@ -90,8 +90,9 @@ class SearchProgress:
     """Live progress: a bar over trials (with the best so far) and one over the current trial's folds and
     epochs; finished trials are printed above the bars."""
 
-    def __init__(self, console: Console, target: int, done: int = 0) -> None:
+    def __init__(self, console: Console, target: int, done: int = 0, header: str | None = None) -> None:
         self.console = console
+        self.header = header  # printed with the first event, once the study is open
         self.trials = Progress(TextColumn("[bold]trials[/] {task.description}"), BarColumn(),
                                MofNCompleteColumn(), TimeElapsedColumn(), console=console)
         self.inner = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -107,8 +108,13 @@ class SearchProgress:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.live.__exit__(et, ev, tb)
+        if et is None and self.header is not None:  # a study already complete: no event printed it
+            self.console.print(self.header, highlight=False, markup=False, soft_wrap=True)
 
     def __call__(self, event: Event) -> None:
+        if self.header is not None:
+            self.console.print(self.header, highlight=False, markup=False, soft_wrap=True)
+            self.header = None
         if isinstance(event, TrialStarted):
             self.fold_tasks[event.number] = self.inner.add_task(f"trial {event.number}", total=None)
         elif isinstance(event, EpochDone):

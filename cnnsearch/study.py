@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sqlite3
 import statistics
 import time
@@ -34,9 +33,11 @@ OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version
 """Tables by which an SQLite file is recognised as an Optuna storage (Optuna creates ``studies`` first)."""
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 20  # seconds without a heartbeat before a trial counts as stale
-MAX_RETRY = 3  # re-queues of a trial whose worker died
 SCHEMA_ATTEMPTS = 5  # tries to open a new SQLite file while another process creates Optuna's tables
 SETTINGS_WAIT = 10.0  # seconds to wait for the process that created a study to store its settings
+RUN_ATTR = "cnnsearch_run"
+"""Study user attribute with what ``cnnsearch worker`` needs beyond the fixed settings (target, pruner)."""
+POLL_INTERVAL = 2.0  # seconds between checks while the trials left are running on other workers
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -110,7 +111,13 @@ def check_sqlite_file(path: Path) -> None:
     size = path.stat().st_size
     if size == 0:
         raise CnnSearchError(f"--storage: {path} is an empty file, not an SQLite database")
-    for _ in range(5):
+    # Closing any descriptor of the database file drops every POSIX lock this process holds on it, those of
+    # its own live SQLite connections included (SQLite's documented pitfall), and another process could then
+    # checkpoint the WAL under them. So the raw header is read only while no WAL or shared-memory file shows
+    # that the database is in use; SQLite's own checks below cover the rest.
+    in_use = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    stated: int | None = None
+    for _ in range(0 if in_use else 5):
         with path.open("rb") as fh:
             header = fh.read(100)
         if header[:16] != SQLITE_HEADER:
@@ -217,17 +224,18 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
             with warnings.catch_warnings():
-                # Heartbeats are "experimental" in Optuna 5; the warning would clutter every run's output.
+                # Heartbeats are "experimental" in Optuna 5; they are what makes crashes recoverable.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 if heartbeat:
-                    from optuna.storages import RetryHeartbeatStaleTrialCallback
+                    from cnnsearch.recovery import retry_callback
 
                     kwargs = {
                         "heartbeat_interval": HEARTBEAT_INTERVAL,
                         "grace_period": GRACE_PERIOD,
-                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                        "heartbeat_stale_trial_callback": retry_callback(),
                     }
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            break
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             # Two processes creating one new SQLite file race to create Optuna's tables; the loser finds
@@ -237,7 +245,31 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise CnnSearchError(f"--storage: cannot open {url}: {first}", exit_code=RUNTIME) from None
-    raise AssertionError("unreachable")
+    if path is not None:
+        _serialise_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialise_sqlite_transactions(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 driver starts a transaction only at the first write, so Optuna's "read the state, then
+    change it" steps are not atomic on SQLite: four workers popping queued trials handed the same trial to
+    two workers 83 times in 400 (measured here). Locking at BEGIN makes them atomic; with WAL and the 60 s
+    busy timeout a worker waits for the lock instead of failing with "database is locked". This is
+    SQLAlchemy's documented recipe for pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made while Optuna set up the schema predate the listeners
 
 
 def load_study(name: str, url: str) -> optuna.Study:
@@ -324,7 +356,8 @@ def _sampler(config: Config, worker: int) -> optuna.samplers.BaseSampler:
     import optuna
 
     n_startup = min(10, max(3, config.run.n_trials // 4))
-    return optuna.samplers.TPESampler(seed=config.run.seed + 7919 * worker, n_startup_trials=n_startup)
+    seed = (config.run.seed + 7919 * worker) % 2**32  # numpy takes seeds below 2**32
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
 
 
 def trial_seed(study_seed: int, number: int, fold: int) -> int:
@@ -332,18 +365,27 @@ def trial_seed(study_seed: int, number: int, fold: int) -> int:
     return (study_seed * 1_000_003 + number * 1_009 + fold) % (2**31)
 
 
-def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optuna.Trial], float]:
+def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna.storages.RDBStorage | None = None,
+                   on_start: Callable[[], None] = lambda: None) -> Callable[[optuna.Trial], float]:
     """The function Optuna calls: k folds of training, reported with global step ``fold * epochs + epoch``.
 
-    The folds are cut from ``data`` (already on the training device) and their normalisation statistics computed
-    once, here, not per trial. With
-    ``--pack-folds`` on, the folds of a trial train together (:mod:`cnnsearch.packed`).
+    The folds are cut from ``data`` (already on the training device) and their normalisation statistics
+    computed once, here, not per trial. With ``--pack-folds`` on, the folds of a trial train together
+    (:mod:`cnnsearch.packed`). A trial re-queued after its worker died or was interrupted inherits the dead
+    trial's attributes: it takes over the folds that had finished and trains only the rest, with the fold seeds
+    of the original trial, so it ends where the original would have. Args ``storage`` (needed for that and for
+    re-queuing an interrupted trial) and ``on_start`` (called first, to release the
+    :class:`~cnnsearch.claim.TrialClaim`).
     """
+    import time
+
     import optuna
     import torch
 
+    from cnnsearch import interrupts
     from cnnsearch.data import fold_indices
     from cnnsearch.packed import train_folds_packed, use_packing
+    from cnnsearch.recovery import process_identity, requeue, reusable_folds
     from cnnsearch.space import suggest
     from cnnsearch.train import Diverged, FoldResult, normalisation, train_fold
 
@@ -355,46 +397,86 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
     norms = [normalisation(data.x[tr]) for tr, _ in folds]
 
-    def objective(trial: optuna.Trial) -> float:
+    def origin_of(trial: optuna.Trial) -> int:
+        """The number of the first trial in a retry chain; it seeds the folds."""
+        if storage is None:
+            return trial.number
+        study_id = storage.get_study_id_from_name(trial.study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        return int(storage.get_trial_system_attrs(trial_id).get("failed_trial", trial.number))
+
+    def train(trial: optuna.Trial) -> float:
         params: TrialParams = suggest(trial, config.space)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+        inherited = trial.user_attrs
+        origin = origin_of(trial)
+        for key, value in process_identity().items():
+            trial.set_user_attr(key, value)
+        if origin != trial.number:
+            trial.set_user_attr("retry_of", origin)
+        for key in ("pruned_at", "diverged", "interrupted"):  # outcomes of the dead trial, not of this one
+            if inherited.get(key):
+                trial.set_user_attr(key, None)
         emit(TrialStarted(trial.number, params.to_dict()))
-        scores: list[float] = []
-        ratios: list[float] = []
-        curves: list[list[float]] = []
-        seeds = [trial_seed(run.seed, trial.number, fold) for fold in range(run.folds)]
+        reused = reusable_folds(inherited)
+        scores, ratios, curves, seconds = reused.scores, reused.l2_ratios, reused.curves, reused.seconds
+        for fold, curve in enumerate(curves):
+            for epoch, acc in enumerate(curve):
+                trial.report(acc, fold * run.epochs + epoch)
+            emit(EpochDone(trial.number, fold, len(curve) - 1, run.folds, run.epochs, curve[-1]))
+        if reused:
+            trial.set_user_attr("reused_folds", len(reused))
+            trial.set_user_attr("seconds_saved", sum(seconds))
+        seeds = [trial_seed(run.seed, origin, fold) for fold in range(run.folds)]
 
         def on_epoch(fold: int, epoch: int, acc: float) -> None:
-            trial.report(acc, fold * run.epochs + epoch)
-            emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
+            with interrupts.deferred():
+                trial.report(acc, fold * run.epochs + epoch)
+                emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
+                prune = trial.should_prune()
+                if prune:
+                    trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
+            if prune:
                 raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}")
+            if fold == 0 and epoch == 0:
+                interrupts.pause_point("training", trial=trial.number)
 
-        def record(result: FoldResult) -> None:
+        def record(result: FoldResult, started: float) -> None:
             scores.append(result.accuracy)
             ratios.append(result.l2_ratio)
             curves.append(result.curve)
-            trial.set_user_attr("fold_scores", scores)
+            seconds.append(time.perf_counter() - started)
+            # fold_scores last: a worker killed between these writes leaves lists that agree up to its length.
             trial.set_user_attr("fold_l2_ratios", ratios)
             trial.set_user_attr("curves", curves)
+            trial.set_user_attr("fold_seconds", seconds)
             trial.set_user_attr("n_params", result.n_params)
+            trial.set_user_attr("fold_scores", scores)
 
         try:
-            if pack and params.augment == "none":  # packed training does not augment: those trials run per fold
-                for result in train_folds_packed(params, data.x, data.y, folds, n_classes=data.n_classes,
+            # Packed training neither augments nor resumes part-way: such trials train fold by fold.
+            if pack and params.augment == "none" and not reused:
+                started = time.perf_counter()
+                with interrupts.interruptible():
+                    results = train_folds_packed(params, data.x, data.y, folds, n_classes=data.n_classes,
                                                  epochs=run.epochs, seeds=seeds, explode=run.explode,
-                                                 on_epoch=on_epoch, precision=run.precision, norms=norms):
-                    record(result)
+                                                 on_epoch=on_epoch, precision=run.precision, norms=norms)
+                for result in results:
+                    record(result, started)
+                    started = time.perf_counter()
             else:
-                for fold, (x_tr, y_tr, x_va, y_va) in enumerate(fold_data):
-                    record(train_fold(
-                        params, x_tr, y_tr, x_va, y_va, n_classes=data.n_classes, epochs=run.epochs,
-                        seed=seeds[fold], explode=run.explode, fold=fold,
-                        on_epoch=lambda epoch, acc, fold=fold: on_epoch(fold, epoch, acc),  # type: ignore[misc]
-                        precision=run.precision, norm=norms[fold],
-                    ))
+                for fold in range(len(reused), run.folds):
+                    x_tr, y_tr, x_va, y_va = fold_data[fold]
+                    started = time.perf_counter()
+                    with interrupts.interruptible():
+                        result = train_fold(
+                            params, x_tr, y_tr, x_va, y_va, n_classes=data.n_classes, epochs=run.epochs,
+                            seed=seeds[fold], explode=run.explode, fold=fold,
+                            on_epoch=lambda epoch, acc, fold=fold: on_epoch(fold, epoch, acc),  # type: ignore[misc]
+                            precision=run.precision, norm=norms[fold],
+                        )
+                    record(result, started)
+                    if fold < run.folds - 1:
+                        interrupts.pause_point("between_folds", trial=trial.number)
         except Diverged as div:
             for key, value in div.attrs().items():
                 trial.set_user_attr(key, value)
@@ -405,7 +487,21 @@ def make_objective(config: Config, data: Dataset, emit: Emit) -> Callable[[optun
         trial.set_user_attr("cv_std", std)
         trial.set_user_attr("l2_ratio", max(ratios))
         trial.set_user_attr("l2_dominates", max(ratios) > 1.0)
+        interrupts.checkpoint()
+        interrupts.pause_point("tell", trial=trial.number)
         return statistics.fmean(scores)
+
+    def objective(trial: optuna.Trial) -> float:
+        on_start()
+        try:
+            return train(trial)
+        except KeyboardInterrupt:
+            # Optuna marks the trial FAIL after this; queue it again first, so a resume (or another worker)
+            # continues it with the folds it finished. Then say why it failed.
+            if storage is not None:
+                requeue(trial.study, storage, trial.number, fail=False)
+            trial.set_user_attr("interrupted", interrupts.requested() or "KeyboardInterrupt")
+            raise
 
     return objective
 
@@ -434,16 +530,17 @@ def finished_count(study: optuna.Study) -> tuple[int, int]:
 
 
 def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = False,
-                     data: Dataset | None = None) -> optuna.Study:
+                     data: Dataset | None = None, storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
     """Create the study, or load it and refuse if its fixed settings differ from ``config``.
 
     With ``data``, its :meth:`~cnnsearch.data.Dataset.record` (content, shape and the exact split) is part of
-    the fixed settings, so a resume on changed images or another split is refused.
+    the fixed settings, so a resume on changed images or another split is refused. Also records the target and
+    pruner (:data:`RUN_ATTR`) for ``cnnsearch worker``.
     """
     import optuna
 
     run = config.run
-    storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
+    storage = storage or open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     created = False
     try:
         try:
@@ -466,8 +563,10 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     while stored is None and not created and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
         time.sleep(0.1)
         stored = study.user_attrs.get(SETTINGS_ATTR)
+    run_attrs = {"n_trials": run.n_trials, "pruner": run.pruner}
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
+        study.set_user_attr(RUN_ATTR, run_attrs)
         from cnnsearch.space import starting_point
 
         # Only the run that created the study queues the starting point, so it runs once.
@@ -485,36 +584,77 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
                     f"--widen-space only widens; these dimensions would lose values: {', '.join(narrowed)}"
                 )
             study.set_user_attr(SETTINGS_ATTR, wanted)
-            return study
-        listing = "; ".join(f"{k}: stored {o!r}, given {n!r}" for k, o, n in diffs)
-        hint = " (pass --widen-space to widen the space)" if space_only else ""
-        if any(k.startswith("data.") for k, _, _ in diffs):
-            hint += " (the images or the split differ from those the study was searched on)"
-        raise CnnSearchError(
-            f"study {run.study!r} was created with other settings: {listing}. "
-            f"Run with the stored settings, or pick a new --study name{hint}"
-        )
+        else:
+            listing = "; ".join(f"{k}: stored {o!r}, given {n!r}" for k, o, n in diffs)
+            hint = " (pass --widen-space to widen the space)" if space_only else ""
+            if any(k.startswith("data.") for k, _, _ in diffs):
+                hint += " (the images or the split differ from those the study was searched on)"
+            raise CnnSearchError(
+                f"study {run.study!r} was created with other settings: {listing}. "
+                f"Run with the stored settings, or pick a new --study name{hint}"
+            )
+    if study.user_attrs.get(RUN_ATTR) != run_attrs:
+        study.set_user_attr(RUN_ATTR, run_attrs)
     return study
 
 
-def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0) -> SearchResult:
-    """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total."""
+def stored_config(name: str, url: str) -> Config:
+    """The config of an existing study, read from storage: what ``cnnsearch worker`` runs."""
+    from cnnsearch.config import FIXED_SETTINGS, RunSettings
+
+    study = load_study(name, url)
+    attrs = study.user_attrs
+    settings, run_attrs = attrs.get(SETTINGS_ATTR), attrs.get(RUN_ATTR)
+    if settings is None or run_attrs is None:
+        raise CnnSearchError(f"--study: {name!r} in {url} was not created by cnnsearch run (it lacks the "
+                             f"{SETTINGS_ATTR!r} and {RUN_ATTR!r} study attributes)")
+    fixed = {k: settings[k] for k in FIXED_SETTINGS if k in settings}
+    run = RunSettings(study=name, storage=url, n_trials=int(run_attrs["n_trials"]), pruner=run_attrs["pruner"],
+                      **fixed)
+    return Config(run=run, space=space_from_dict(settings["space"]))
+
+
+def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0,
+               heartbeat: bool = True) -> SearchResult:
+    """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
+
+    One worker's loop; several processes or machines may run it on one study at once. Before each trial it
+    re-queues trials of dead workers (at once for this machine, after the heartbeat grace period for others)
+    and, holding a :class:`~cnnsearch.claim.TrialClaim`, starts a trial only while finished plus running
+    trials are fewer than the target. When the trials left are all running elsewhere it waits for them, so
+    that a worker that dies there is replaced; it returns when the target is reached.
+
+    Args:
+        config: Settings and space.
+        emit: Receives progress events.
+        widen: Allow a wider space than the stored one.
+        worker: This worker's index; seeds its sampler differently from the others.
+        heartbeat: Record heartbeats (off only to measure their cost).
+
+    Raises:
+        KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.interrupts.handled`):
+            the current trial is FAIL with the ``interrupted`` attribute, and queued again.
+    """
     import optuna
 
+    from cnnsearch import interrupts
+    from cnnsearch.claim import TrialClaim
     from cnnsearch.data import dataset_for, fold_indices, on_device
     from cnnsearch.devices import resolve_device
+    from cnnsearch.recovery import recover_dead_trials
 
     run = config.run
     device = resolve_device(run.device)
-    _set_threads(run.threads or max(1, (os.cpu_count() or 1) // run.workers))
+    _set_threads(run.threads or max(1, cpu_cores() // (run.workers or 1)))
+    _warm_up()
     # Loaded, split and moved to the device once per process; every fold of every trial indexes into it.
     data = on_device(dataset_for(run), device)
     fold_indices(data.y.cpu().numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = create_or_resume(config, widen=widen, data=data)
+    storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
+    study = create_or_resume(config, widen=widen, data=data, storage=storage)
     study.sampler = _sampler(config, worker)
     study.pruner = _pruner(config)
-    objective = make_objective(config, data, emit)
     done, _ = finished_count(study)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
 
@@ -525,17 +665,40 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
             best = None
         emit(TrialFinished(row_of(trial), best))
 
-    deadline = math.inf if run.timeout is None else time.monotonic() + run.timeout
-    while time.monotonic() < deadline:
-        done, running = finished_count(study)
-        if done + running >= run.n_trials:
-            break
-        # One trial per call: the target is re-checked between trials, so workers never overshoot it.
-        study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
-        result.ran += 1
+    with TrialClaim(storage, run.study, _sqlite_path(run.storage_url)) as claim:
+        objective = make_objective(config, data, emit, storage=storage, on_start=claim.release)
+        deadline = math.inf if run.timeout is None else time.monotonic() + run.timeout
+        while time.monotonic() < deadline:
+            interrupts.checkpoint()
+            claim.acquire()
+            try:
+                recover_dead_trials(study, storage)
+                if heartbeat:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(study)
+                done, running = finished_count(study)
+                if done >= run.n_trials:
+                    break
+                if done + running < run.n_trials:
+                    # One trial per call: the claim is released as the trial starts.
+                    study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+                    result.ran += 1
+                    continue
+            finally:
+                claim.release()
+            interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
     result.rows = trial_rows(study)
     result.notes = divergence_notes(result.rows)
     return result
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:
@@ -551,6 +714,14 @@ def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:
     else:
         notes.append(f"Consider an upper --lr bound below {lowest:.3g}.")
     return notes
+
+
+def _warm_up() -> None:
+    """Build one optimizer before the first trial: torch imports ``torch._dynamo`` (about 2.5 s here) the first
+    time, which would otherwise count toward the first trial's time and its first fold's ``fold_seconds``."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def _set_threads(n: int) -> None:

@@ -1,0 +1,268 @@
+"""Benchmark of issue 6: workers, lock errors, heartbeat overhead, kill -9 experiments and fold reuse.
+
+Every measurement runs the real CLI (``python -m cnnsearch`` from this checkout) or the library on digits, in a
+fresh temporary folder, and prints a Markdown table. Sides of a comparison alternate (A B A B ...) and the
+table gives medians, so a load change on the machine hits both sides alike.
+
+    python bench/bench_workers.py                 # the full benchmark (about 30-40 minutes on 2 cores)
+    python bench/bench_workers.py --quick         # a tiny budget, to check that it works (about 5 minutes)
+    python bench/bench_workers.py --only throughput,kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# The architecture is fixed so that every trial costs about the same, whichever params the sampler draws:
+# only lr, decay, l2 and dropout vary. No pruner, so both sides train every epoch of every trial.
+FIXED = ["--layers", "4", "--width", "32", "--growth", "2", "--batch-size", "64", "--batchnorm", "true",
+         "--head", "gap", "--optimizer", "adam", "--pooling", "max", "--pruner", "none"]
+
+
+def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "cnnsearch", *args], cwd=cwd, env=full_env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+
+
+def run_cli(args: list[str], cwd: Path) -> tuple[float, str]:
+    """Run to the end; (wall seconds, stderr)."""
+    start = time.perf_counter()
+    proc = cli(args, cwd)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"cnnsearch {' '.join(args)} exited with {proc.returncode}:\n{err}")
+    return time.perf_counter() - start, err
+
+
+def load(cwd: Path, name: str) -> list:  # type: ignore[type-arg]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/studies/{name}.db").get_trials()
+
+
+def cpu_count() -> int:
+    from cnnsearch.study import cpu_cores
+
+    return cpu_cores()
+
+
+def fresh() -> Path:
+    return Path(tempfile.mkdtemp(prefix="cnnsearch-bench-"))
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" --- " for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------ measurements
+def throughput(a: argparse.Namespace) -> None:
+    """Trials per hour, 1 worker (all cores) against N workers (cores / N threads each), same budget."""
+    budget = ["-n", str(a.trials), "--epochs", str(a.epochs), "--folds", str(a.folds), *a.samples, *FIXED]
+    sides = [int(w) for w in a.workers.split(",")]
+    walls: dict[int, list[float]] = {w: [] for w in sides}
+    spans: dict[int, list[float]] = {w: [] for w in sides}
+    for rep in range(a.repeats):
+        for w in sides if rep % 2 == 0 else sides[::-1]:
+            where = fresh()
+            wall, _ = run_cli(["run", "--study", "b", "--workers", str(w), *budget], where)
+            trials = load(where, "b")
+            assert len(trials) == a.trials
+            # From the first trial's start to the last one's end: throughput once the workers are up.
+            span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
+            walls[w].append(wall)
+            spans[w].append(span.total_seconds())
+            shutil.rmtree(where)
+            print(f"  workers={w} rep={rep}: {wall:.1f} s wall, {span.total_seconds():.1f} s of trials",
+                  file=sys.stderr)
+    base, base_span = statistics.median(walls[sides[0]]), statistics.median(spans[sides[0]])
+    rows = []
+    for w in sides:
+        med, span_med = statistics.median(walls[w]), statistics.median(spans[w])
+        rows.append([w, " ".join(f"{x:.1f}" for x in walls[w]), f"{3600 * a.trials / med:.0f}",
+                     f"{base / med:.2f}x", " ".join(f"{x:.1f}" for x in spans[w]),
+                     f"{3600 * a.trials / span_med:.0f}", f"{base_span / span_med:.2f}x"])
+    table(f"Throughput on {cpu_count()} cores ({a.trials} trials, {a.folds} folds x {a.epochs} epochs)",
+          ["workers", "wall s (each run)", "trials/hour (wall)", f"vs {sides[0]}", "trials span s (each run)",
+           "trials/hour (span)", f"vs {sides[0]}"], rows)
+    print("\nwall: the whole command, with process start (about 6 s of CPU per worker: torch, torch._dynamo, data);"
+          " span: first trial start to last trial end.")
+
+
+def lock_errors(a: argparse.Namespace) -> None:
+    """Four workers, many short trials, one SQLite file: lock errors, failed trials, total reached."""
+    rows = []
+    for rep in range(a.repeats):
+        where = fresh()
+        n = a.lock_trials
+        wall, err = run_cli(["run", "--study", "l", "--workers", "4", "-n", str(n), "--epochs", "1", "--folds", "2",
+                             "--max-samples", "60", "--layers", "1", "--width", "16", "--batch-size", "128",
+                             "--test-fraction", "0"], where)
+        trials = load(where, "l")
+        states = Counter(t.state.name for t in trials)
+        rows.append([rep, n, f"{wall:.1f}", err.lower().count("database is locked"), states.get("FAIL", 0),
+                     states.get("COMPLETE", 0) + states.get("PRUNED", 0), len(trials)])
+        shutil.rmtree(where)
+    table("SQLite with 4 workers", ["run", "target", "wall s", "'database is locked'", "FAIL trials",
+                                    "finished", "trials in study"], rows)
+
+
+def heartbeat(a: argparse.Namespace) -> None:
+    """The same search (1 worker, same seed, so the same params) with and without heartbeats, alternating."""
+    from cnnsearch.config import Config, RunSettings, build_space
+    from cnnsearch.study import run_search
+
+    space = build_space({"layers": "4", "width": "32", "growth": "2", "batch_size": "64", "batchnorm": "true",
+                         "head": "gap", "optimizer": "adam", "pooling": "max"})
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(-1, a.repeats):  # rep -1 warms up this process (imports, data) and is not counted
+        for hb in (True, False) if rep % 2 == 0 else (False, True):
+            where = fresh()
+            settings = RunSettings(study="h", storage=f"sqlite:///{where}/h.db", n_trials=a.trials, folds=a.folds,
+                                   epochs=a.epochs, pruner="none", workers=1,
+                                   max_samples=300 if a.quick else None)
+            start = time.perf_counter()
+            run_search(Config(run=settings, space=space), heartbeat=hb)
+            if rep >= 0:
+                walls[hb].append(time.perf_counter() - start)
+            shutil.rmtree(where)
+    on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    table(f"Heartbeat overhead (1 worker in-process, {a.trials} trials, interval 5 s)",
+          ["heartbeat", "wall s (each run)", "median s", "overhead"],
+          [["on", " ".join(f"{x:.1f}" for x in walls[True]), f"{on:.1f}", f"{100 * (on - off) / off:+.1f}%"],
+           ["off", " ".join(f"{x:.1f}" for x in walls[False]), f"{off:.1f}", ""]])
+
+
+def kills(a: argparse.Namespace) -> None:
+    """kill -9 at a random moment, then the same `run` again: trials lost, stranded or run twice."""
+    import psutil
+
+    rng = random.Random(6)
+    budget = ["-n", str(a.kill_trials), "--epochs", str(a.epochs), "--folds", str(a.folds), *a.samples, *FIXED]
+    rows = []
+    for exp in range(a.kills):
+        where = fresh()
+        workers = 2 if exp % 2 == 0 else 1  # even: kill one of two workers; odd: kill the only process
+        proc = cli(["run", "--study", "k", "--workers", str(workers), *budget], where)
+        delay = rng.uniform(a.kill_after[0], a.kill_after[1])
+        time.sleep(delay)
+        victim = proc.pid
+        if workers == 2:
+            children = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+            victim = rng.choice(children).pid if children else proc.pid
+        killed_at = datetime.datetime.now()
+        if proc.poll() is None:
+            os.kill(victim, signal.SIGKILL)
+        proc.communicate()  # with two workers, the other one finishes the study
+        first_code = proc.returncode
+        running_after_kill = sum(t.state.name == "RUNNING" for t in load(where, "k"))
+        run_cli(["run", "--study", "k", "--workers", str(workers), *budget], where)  # the resume
+        trials = load(where, "k")
+        states = Counter(t.state.name for t in trials)
+        finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+        retried = {t.system_attrs.get("failed_trial") for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+        # Lost: a killed trial that was neither finished by a retry nor is anything still queued for it.
+        lost = sum(1 for t in trials if t.state.name == "FAIL" and t.number not in retried)
+        lost += states.get("RUNNING", 0) + states.get("WAITING", 0) + max(0, a.kill_trials - finished)
+        first_retry = min((t.datetime_start for t in trials if t.system_attrs.get("failed_trial") is not None
+                           and t.datetime_start is not None), default=None)
+        delay_retry = "-" if first_retry is None else f"{(first_retry - killed_at).total_seconds():.1f}"
+        con = sqlite3.connect(where / "studies" / "k.db")
+        ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+        con.close()
+        rows.append([exp, "worker of 2" if victim != proc.pid else "only process", f"{delay:.1f}", first_code,
+                     running_after_kill, states.get("FAIL", 0), delay_retry, finished, lost, ok])
+        shutil.rmtree(where)
+    table(f"kill -9 experiments ({a.kill_trials} trials each)",
+          ["exp", "killed", "at s", "exit code", "RUNNING after kill", "FAIL (killed)", "retry started after s",
+           "finished after resume", "lost", "integrity"], rows)
+    print(f"\nTrials lost in {a.kills} experiments: {sum(int(r[8]) for r in rows)}")
+
+
+def fold_reuse(a: argparse.Namespace) -> None:
+    """A trial killed after its first fold, retried: time against the same trial never interrupted."""
+    budget = ["-n", "1", "--epochs", str(a.epochs), "--folds", str(a.folds), "--threads", "1", "--workers", "1",
+              *a.samples, *FIXED]
+    fresh_s, retry_s, recorded = [], [], []
+    for _ in range(a.repeats):
+        where = fresh()
+        run_cli(["run", "--study", "ref", *budget], where)
+        proc = cli(["run", "--study", "f", *budget], where, env={"CNNSEARCH_PAUSE_AT": "between_folds"})
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "paused at between_folds" in line:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        run_cli(["run", "--study", "f", *budget], where)
+        [ref] = load(where, "ref")
+        _, retry = load(where, "f")
+        assert retry.user_attrs["fold_scores"] == ref.user_attrs["fold_scores"]
+        fresh_s.append(ref.duration.total_seconds())
+        retry_s.append(retry.duration.total_seconds())
+        recorded.append(float(retry.user_attrs["seconds_saved"]))
+        shutil.rmtree(where)
+    f, r = statistics.median(fresh_s), statistics.median(retry_s)
+    table(f"Fold reuse: a retry after kill -9 between fold 1 and 2 of {a.folds}",
+          ["trial", "duration s (each run)", "median s"],
+          [["uninterrupted", " ".join(f"{x:.2f}" for x in fresh_s), f"{f:.2f}"],
+           ["retried (fold 1 reused)", " ".join(f"{x:.2f}" for x in retry_s), f"{r:.2f}"],
+           ["saved", f"recorded seconds_saved: {statistics.median(recorded):.2f}",
+            f"{f - r:.2f} ({100 * (f - r) / f:.0f}%)"]])
+
+
+MEASUREMENTS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "throughput": throughput, "locks": lock_errors, "heartbeat": heartbeat, "kill": kills, "reuse": fold_reuse,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="A tiny budget: checks that the benchmark works.")
+    p.add_argument("--only", default=",".join(MEASUREMENTS), help="Comma-separated: " + ", ".join(MEASUREMENTS))
+    p.add_argument("--workers", default="1,2", help="Worker counts to compare for throughput.")
+    p.add_argument("--trials", type=int, help="Trials per throughput and heartbeat run (overrides the budget).")
+    p.add_argument("--epochs", type=int, help="Epochs per fold (overrides the budget).")
+    p.add_argument("--repeats", type=int, help="Runs per side (overrides the budget).")
+    a = p.parse_args()
+    given = {k: getattr(a, k) for k in ("trials", "epochs", "repeats")}
+    if a.quick:
+        a.trials, a.epochs, a.folds, a.repeats, a.samples = 4, 1, 2, 2, ["--max-samples", "300"]
+        a.lock_trials, a.kill_trials, a.kills, a.kill_after = 24, 4, 2, (4.0, 8.0)
+    else:
+        a.trials, a.epochs, a.folds, a.repeats, a.samples = 24, 5, 3, 3, []
+        a.lock_trials, a.kill_trials, a.kills, a.kill_after = 100, 6, 10, (6.0, 20.0)
+    for key, value in given.items():
+        if value is not None:
+            setattr(a, key, value)
+    print(f"# bench_workers.py{' --quick' if a.quick else ''} ({datetime.date.today()}, {cpu_count()} cores, "
+          f"python {sys.version.split()[0]})")
+    for name in a.only.split(","):
+        MEASUREMENTS[name.strip()](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Local worker processes: N processes run the trial loop of one study; the main process shows their progress.
+
+Processes, not threads: on small models Python overhead dominates, and threads would share one interpreter
+lock. Each worker loads the data once, trains with ``cores / N`` torch threads, seeds its sampler from the
+study seed and its index, and sends progress events to the main process through a pipe of its own (a pipe
+per worker, so a worker killed in the middle of a message cannot corrupt the others' messages).
+
+Signals: the workers ignore SIGINT, so a Ctrl-C in the terminal, which reaches the whole process group,
+is routed through the main process alone. It passes a first SIGINT or SIGTERM on to each worker as SIGTERM
+(each fails and re-queues its current trial, then exits), waits for them and raises ``KeyboardInterrupt``;
+a second signal is passed on the same way (the workers exit at once) and the main process exits too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import zlib
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.study import Emit, SearchResult, TrialFinished, _ignore
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    import optuna
+
+    from cnnsearch.config import Config
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """Sent by a worker that stopped with a :class:`CnnSearchError`."""
+
+    index: int
+    message: str
+    exit_code: int
+
+
+def resolve_workers(requested: int | None, trials_left: int, cores: int) -> int:
+    """How many workers to start.
+
+    ``auto`` (None) starts one single-threaded worker per core: on the 2-core machine this was written on,
+    two 1-thread processes trained about 1.4x as many 8x8 images per second as one 2-thread process
+    (FACTS.md), and ``bench/bench_workers.py`` measures the same on whole trials. Never more workers than
+    trials left, and at least one (it waits for trials running elsewhere and recovers dead ones).
+    """
+    n = cores if requested is None else requested
+    return max(1, min(n, trials_left))
+
+
+def machine_worker_offset() -> int:
+    """A worker index for ``cnnsearch worker``: distinct per machine and process, so machines that join a
+    study at the same moment do not draw the same samples."""
+    return 1000 + zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
+
+
+def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, first_worker: int = 0) -> SearchResult:
+    """Run (or resume, or join) the study with ``config.run.workers`` worker processes (None: auto).
+
+    With one worker the loop runs in this process. The study is created (and dead trials of this machine
+    re-queued) here, before any worker starts.
+
+    Args:
+        config: Settings and space.
+        emit: Receives the progress events of every worker.
+        widen: Allow a wider space than the stored one.
+        first_worker: Index of the first worker; worker ``i`` seeds its sampler with ``first_worker + i``.
+    """
+    import optuna
+
+    from cnnsearch.data import dataset_for, fold_indices
+    from cnnsearch.devices import resolve_device
+    from cnnsearch.recovery import recover_dead_trials
+    from cnnsearch.study import cpu_cores, create_or_resume, finished_count, open_storage, run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = config.run
+    resolve_device(run.device)  # --device cuda without CUDA: refuse before storage
+    data = dataset_for(run)  # cached per process: the in-process worker reuses it
+    fold_indices(data.y.numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
+    storage = open_storage(run.storage_url, create=True, heartbeat=True)
+    study = create_or_resume(config, widen=widen, storage=storage, data=data)
+    recover_dead_trials(study, storage)
+    done, running = finished_count(study)
+    cores = cpu_cores()
+    n = resolve_workers(run.workers, run.n_trials - done - running, cores)
+    config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
+    if n == 1:
+        return run_search(config, emit, widen=widen, worker=first_worker)
+    return _run_processes(config, emit, n, first_worker, study)
+
+
+def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study: optuna.Study) -> SearchResult:
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    from cnnsearch import interrupts
+    from cnnsearch.study import divergence_notes, finished_count, trial_rows
+
+    ctx = mp.get_context("spawn")
+    procs: list[mp.process.BaseProcess] = []
+    readers: dict[Connection, int] = {}
+    # Children inherit an ignored SIGINT across exec, so a Ctrl-C cannot reach them before they start.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for i in range(n):
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer),
+                               name=f"cnnsearch-worker-{i}")
+            proc.start()
+            writer.close()  # only the worker holds its write end: its death ends our reads with EOFError
+            procs.append(proc)
+            readers[reader] = i
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    def pass_on() -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    interrupts.set_on_second(pass_on)
+    failures: list[WorkerFailed] = []
+    ran = 0
+    passed_on = False
+    while readers:
+        if interrupts.requested() and not passed_on:
+            pass_on()
+            passed_on = True
+        for conn in wait(list(readers), timeout=0.2):
+            assert isinstance(conn, mp.connection.Connection)
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                del readers[conn]
+                continue
+            if isinstance(message, WorkerFailed):
+                failures.append(message)
+            else:
+                ran += isinstance(message, TrialFinished)
+                emit(message)
+    for worker in procs:
+        worker.join()
+    interrupts.set_on_second(None)
+    if interrupts.requested():
+        raise KeyboardInterrupt(interrupts.requested())
+    if failures:
+        first = failures[0]
+        raise CnnSearchError(f"worker {first.index}: {first.message}", exit_code=first.exit_code)
+    done, _ = finished_count(study)
+    rows = trial_rows(study)
+    result = SearchResult(config.run.study, config.run.storage_url, rows, ran, config.run.n_trials,
+                          notes=divergence_notes(rows))
+    crashed = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (0, None)]
+    for i, code in crashed:
+        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else \
+            f"failed with exit code {code}"
+        result.notes.append(f"Worker {i} {how}; a trial it was running was failed and queued again.")
+    if done < config.run.n_trials:
+        raise CnnSearchError(f"every worker stopped with {done} of {config.run.n_trials} trials finished; "
+                             "run the same command again to resume", exit_code=RUNTIME)
+    return result
+
+
+def _worker_main(config: Config, index: int, conn: Connection) -> None:
+    """A worker process: the trial loop, with events sent to the main process."""
+    from cnnsearch import interrupts
+    from cnnsearch.interrupts import EXIT_INTERRUPTED
+    from cnnsearch.study import Event, run_search
+
+    def emit(event: Event | WorkerFailed) -> None:
+        try:
+            conn.send(event)
+        except OSError:  # the main process is gone: stop after this trial's state is written
+            interrupts.request("main process gone")
+
+    code = 0
+    with interrupts.handled(signals=(signal.SIGTERM,)):
+        try:
+            run_search(config, emit, worker=index)
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        except CnnSearchError as exc:
+            emit(WorkerFailed(index, exc.message, exc.exit_code))
+            code = exc.exit_code
+    conn.close()
+    sys.exit(code)

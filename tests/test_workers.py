@@ -1,0 +1,66 @@
+"""Local worker processes on one SQLite file: every trial once, the exact total, no lock errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from cnnsearch.cli import app
+from cnnsearch.workers import resolve_workers
+from tests.conftest import cli_env
+
+SMALL = ["--epochs", "1", "--folds", "2", "--max-samples", "60", "--layers", "1", "--width", "16",
+         "--batch-size", "128", "--test-fraction", "0"]
+"""A trial of a few hundredths of a second: what remains is the storage traffic of four workers."""
+
+
+def test_four_workers_share_one_sqlite_file_without_lock_errors(in_tmp: Path) -> None:
+    n = 40
+    proc = subprocess.run([sys.executable, "-m", "cnnsearch", "run", "--study", "w", "-n", str(n), "--workers", "4",
+                           *SMALL], cwd=in_tmp, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "locked" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+    trials = optuna.load_study(study_name="w", storage="sqlite:///studies/w.db").get_trials()
+    states = Counter(t.state for t in trials)
+    # Exactly the target, every trial finished once, none failed or left behind.
+    assert [t.number for t in trials] == list(range(n))
+    assert states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED] == n
+    assert len({t.user_attrs["pid"] for t in trials}) == 4  # four processes shared the work
+    # The main process showed the trials of every worker.
+    shown = {int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("trial ")}
+    assert shown == set(range(n))
+
+
+def test_auto_is_one_worker_per_core_capped_by_trials_left() -> None:
+    assert resolve_workers(None, trials_left=10, cores=2) == 2
+    assert resolve_workers(None, trials_left=1, cores=16) == 1
+    assert resolve_workers(4, trials_left=2, cores=2) == 2
+    assert resolve_workers(3, trials_left=10, cores=2) == 3  # asked for: more processes than cores is allowed
+    assert resolve_workers(None, trials_left=0, cores=2) == 1  # one stays to wait for trials running elsewhere
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_workers_value_is_refused(runner: CliRunner, value: str) -> None:
+    result = runner.invoke(app, ["run", "--study", "t", "--workers", value])
+    assert result.exit_code == 2
+    assert f"--workers: {value!r} is not allowed; use a whole number of at least 1, or auto" in result.stderr
+    assert not Path("studies/t.db").exists()
+
+
+def test_worker_joins_a_study_reading_its_settings_from_storage(runner: CliRunner) -> None:
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "1", "--workers", "1", *SMALL]).exit_code == 0
+    study = optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
+    assert study.user_attrs["cnnsearch_run"] == {"n_trials": 1, "pruner": "median"}
+    # The target is reached: a worker that joins has nothing to do and says so.
+    joined = runner.invoke(app, ["worker", "--study", "t", "--workers", "1"])
+    assert joined.exit_code == 0, joined.output
+    assert "already has 1 finished trials" in joined.output
+    assert "cnnsearch worker --study t" in joined.output
+    missing = runner.invoke(app, ["worker", "--study", "nope"])
+    assert missing.exit_code == 2 and "studies that exist: t" in missing.stderr
