@@ -262,7 +262,7 @@ def worker(
     from cnnsearch.study import stored_config
     from cnnsearch.workers import machine_worker_offset
 
-    url = storage or f"sqlite:///studies/{study}.db"
+    url = _url(study, storage)
     config = stored_config(study, url)
     config = replace(config, run=replace(config.run, workers=parse_workers(workers), threads=threads))
     resume = resume_command(config.run, command="worker")
@@ -336,7 +336,7 @@ def show(study: StudyOpt = "digits", storage: StorageOpt = None,
     from cnnsearch.report import trials_table
     from cnnsearch.study import load_study, sort_rows, trial_rows
 
-    url = storage or f"sqlite:///studies/{study}.db"
+    url = _url(study, storage)
     rows = sort_rows(trial_rows(load_study(study, url)))
     console.print(trials_table(rows, title=f"Trials of {study} ({len(rows)})", limit=limit))
 
@@ -350,7 +350,7 @@ def best(study: StudyOpt = "digits", storage: StorageOpt = None,
     from cnnsearch.study import load_study
     from cnnsearch.tomlconfig import best_config
 
-    url = storage or f"sqlite:///studies/{study}.db"
+    url = _url(study, storage)
     found = best_config(load_study(study, url), storage)
     typer.echo(found.toml() if fmt == Format.toml else found.json(), nl=False)
 
