@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,21 +15,18 @@ from tests.conftest import start_cli
 ARGS = ["--epochs", "2", "--folds", "2", "--max-samples", "300", "--threads", "1", "--workers", "1"]
 
 
-def test_run_and_two_workers_share_a_postgresql_study(pg_url: str, in_tmp: Path) -> None:
+def test_run_and_two_workers_share_a_postgresql_study(pg_url: str, in_tmp: Path, runner: CliRunner) -> None:
     n = 15
-    procs = [start_cli(["run", "--study", "pg", "--storage", pg_url, "-n", str(n), *ARGS], in_tmp)]
+    run_args = ["run", "--study", "pg", "--storage", pg_url, "-n", str(n), *ARGS]
+    # Create the study (and its stored settings, which workers read) without running trials, so that the
+    # run and the workers below start together: a run given a head start can finish every trial alone.
+    created = runner.invoke(app, [*run_args, "--timeout", "0.001"])
+    assert created.exit_code == 0, created.output
+    assert "cnnsearch_run" in optuna.load_study(study_name="pg", storage=pg_url).user_attrs
+    procs = [start_cli(run_args, in_tmp)]
+    procs += [start_cli(["worker", "--study", "pg", "--storage", pg_url, "--workers", "1"], in_tmp)
+              for _ in range(2)]
     try:
-        # Workers join once `run` has created the study (it stores the settings they read).
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if "cnnsearch_run" in optuna.load_study(study_name="pg", storage=pg_url).user_attrs:
-                    break
-            except KeyError:
-                pass
-            time.sleep(0.3)
-        procs += [start_cli(["worker", "--study", "pg", "--storage", pg_url, "--workers", "1"], in_tmp)
-                  for _ in range(2)]
         outputs = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
