@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnsearch.config import Config, settings_differences, space_from_dict
+from cnnsearch.config import Config, RunSettings, settings_differences, space_from_dict
 from cnnsearch.errors import RUNTIME, CnnSearchError
 
 if TYPE_CHECKING:
@@ -600,7 +600,7 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
 
 def stored_config(name: str, url: str) -> Config:
     """The config of an existing study, read from storage: what ``cnnsearch worker`` runs."""
-    from cnnsearch.config import FIXED_SETTINGS, RunSettings
+    from cnnsearch.config import FIXED_SETTINGS
 
     study = load_study(name, url)
     attrs = study.user_attrs
@@ -690,7 +690,16 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
             interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
     result.rows = trial_rows(study)
     result.notes = divergence_notes(result.rows)
+    done, _ = finished_count(study)
+    if done < run.n_trials and run.timeout is not None:
+        result.notes.append(timeout_note(run, done))
     return result
+
+
+def timeout_note(run: RunSettings, done: int) -> str:
+    """What a run that stopped at ``--timeout`` says: how far the study got."""
+    return (f"Stopped at --timeout {run.timeout:g} s with {done} of {run.n_trials} trials finished; "
+            "run the same command again to go on.")
 
 
 def cpu_cores() -> int:

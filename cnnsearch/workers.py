@@ -100,7 +100,7 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     from multiprocessing.connection import wait
 
     from cnnsearch import interrupts
-    from cnnsearch.study import divergence_notes, finished_count, trial_rows
+    from cnnsearch.study import divergence_notes, finished_count, timeout_note, trial_rows
 
     ctx = mp.get_context("spawn")
     procs: list[mp.process.BaseProcess] = []
@@ -161,7 +161,9 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
         how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else \
             f"failed with exit code {code}"
         result.notes.append(f"Worker {i} {how}; a trial it was running was failed and queued again.")
-    if done < config.run.n_trials:
+    if done < config.run.n_trials and config.run.timeout is not None and not crashed:
+        result.notes.append(timeout_note(config.run, done))  # every worker stopped at the deadline
+    elif done < config.run.n_trials:
         raise CnnSearchError(f"every worker stopped with {done} of {config.run.n_trials} trials finished; "
                              "run the same command again to resume", exit_code=RUNTIME)
     return result

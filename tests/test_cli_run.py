@@ -116,5 +116,6 @@ def test_timeout_stops_starting_trials(runner: CliRunner) -> None:
     result = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0.01"])
     assert result.exit_code == 0, result.output
     assert len(load().get_trials()) == 1  # the first trial starts before the deadline and finishes
+    assert "Stopped at --timeout 0.01 s with 1 of 5 trials finished" in " ".join(result.stdout.split())
     bad = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0"])
     assert bad.exit_code == 2 and "--timeout must be a positive number of seconds but got 0" in bad.stderr

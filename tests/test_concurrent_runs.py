@@ -43,3 +43,29 @@ def test_two_runs_at_once_on_one_new_study(in_tmp: Path) -> None:
     # One stored settings record, and the starting point queued once, by the run that created the study.
     assert study.user_attrs["cnnsearch_settings"]["max_samples"] == 200
     assert sum(t.params.get("lr") == 3e-3 for t in study.get_trials()) == 1
+
+
+def test_checking_a_study_file_in_use_keeps_this_process_s_sqlite_locks(tmp_path: Path) -> None:
+    """Regression: ``check_sqlite_file`` read the header with a plain open/close, which drops every POSIX lock
+    this process holds on the file, its live SQLite connections' included. Another process closing its
+    connection then took the file for its own, checkpointed and deleted the WAL under ours: with two workers
+    that corrupted a study ("database disk image is malformed")."""
+    from cnnsearch.study import check_sqlite_file
+
+    db = tmp_path / "s.db"
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        con.execute("CREATE TABLE studies (x)")  # an Optuna table name: the check accepts the file
+        con.execute("INSERT INTO studies VALUES (1)")
+        con.commit()
+        con.execute("SELECT * FROM studies").fetchall()  # this connection now holds its shared lock on the file
+        check_sqlite_file(db)
+        # Another process uses the database and closes it. It deletes the WAL only if it believes itself the
+        # last connection, i.e. only if our lock is gone.
+        other = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT * FROM studies'); c.close()"
+        subprocess.run([sys.executable, "-c", other, str(db)], check=True, timeout=60)
+        assert Path(f"{db}-wal").exists(), "this process lost its SQLite lock: the other process took the WAL away"
+        assert con.execute("SELECT x FROM studies").fetchall() == [(1,)]
+    finally:
+        con.close()
