@@ -158,7 +158,6 @@ def heartbeat(a: argparse.Namespace) -> None:
 
 def kills(a: argparse.Namespace) -> None:
     """kill -9 at a random moment, then the same `run` again: trials lost, stranded or run twice."""
-    import psutil
 
     rng = random.Random(6)
     budget = ["-n", str(a.kill_trials), "--epochs", str(a.epochs), "--folds", str(a.folds), *a.samples, *FIXED]
@@ -171,8 +170,8 @@ def kills(a: argparse.Namespace) -> None:
         time.sleep(delay)
         victim = proc.pid
         if workers == 2:
-            children = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-            victim = rng.choice(children).pid if children else proc.pid
+            children = worker_processes(proc.pid)
+            victim = rng.choice(children) if children else proc.pid
         killed_at = datetime.datetime.now()
         if proc.poll() is None:
             os.kill(victim, signal.SIGKILL)
@@ -200,6 +199,21 @@ def kills(a: argparse.Namespace) -> None:
           ["exp", "killed", "at s", "exit code", "RUNNING after kill", "FAIL (killed)", "retry started after s",
            "finished after resume", "lost", "integrity"], rows)
     print(f"\nTrials lost in {a.kills} experiments: {sum(int(r[8]) for r in rows)}")
+
+
+def worker_processes(pid: int) -> list[int]:
+    """The pids of the live worker processes of the `run` with ``pid`` (a worker that has just ended is a
+    zombie until its parent reaps it: skipped)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                found.append(child.pid)
+        except psutil.Error:  # ended while we looked
+            continue
+    return found
 
 
 def fold_reuse(a: argparse.Namespace) -> None:
@@ -254,7 +268,7 @@ def main() -> None:
         a.lock_trials, a.kill_trials, a.kills, a.kill_after = 24, 4, 2, (4.0, 8.0)
     else:
         a.trials, a.epochs, a.folds, a.repeats, a.samples = 24, 5, 3, 3, []
-        a.lock_trials, a.kill_trials, a.kills, a.kill_after = 100, 6, 10, (6.0, 20.0)
+        a.lock_trials, a.kill_trials, a.kills, a.kill_after = 100, 12, 10, (6.0, 20.0)
     for key, value in given.items():
         if value is not None:
             setattr(a, key, value)
