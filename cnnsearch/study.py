@@ -615,7 +615,7 @@ def stored_config(name: str, url: str) -> Config:
 
 
 def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0,
-               heartbeat: bool = True) -> SearchResult:
+               heartbeat: bool = True, ready: Callable[[], None] | None = None) -> SearchResult:
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
 
     One worker's loop; several processes or machines may run it on one study at once. Before each trial it
@@ -630,6 +630,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
         widen: Allow a wider space than the stored one.
         worker: This worker's index; seeds its sampler differently from the others.
         heartbeat: Record heartbeats (off only to measure their cost).
+        ready: Called once this worker is set up (data loaded, study opened), before its first trial: local
+            workers wait there for each other, so that the first one up does not take every trial.
 
     Raises:
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.interrupts.handled`):
@@ -665,6 +667,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
             best = None
         emit(TrialFinished(row_of(trial), best))
 
+    if ready is not None:
+        ready()
     with TrialClaim(storage, run.study, _sqlite_path(run.storage_url)) as claim:
         objective = make_objective(config, data, emit, storage=storage, on_start=claim.release)
         deadline = math.inf if run.timeout is None else time.monotonic() + run.timeout
