@@ -9,7 +9,7 @@ model (``cnnsearch.model.build_model``) with the same loss (cross-entropy + beta
 search split, folds, epochs and trial budget, and reports at the same global step ``fold * epochs + epoch``.
 
 Both sides run as fresh subprocesses (imports included, as a user would run them), alternately; the table
-gives the median wall time, the best CV accuracy (of the last round) and the share of the budget's fold-epochs
+gives each round's wall time and best CV accuracy, their medians, and the share of the budget's fold-epochs
 that were actually trained (pruning and divergence stops save the rest).
 
     python -m bench.bench_vs_script --dataset digits --trials 30 --epochs 10
@@ -154,7 +154,7 @@ def main() -> None:
         if args.max_samples:
             budget += ["--max-samples", str(args.max_samples)]
         times: dict[str, list[float]] = {"cnnsearch": [], "reference": []}
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, list[dict[str, Any]]] = {"cnnsearch": [], "reference": []}
         for r in range(args.repeats):
             study, db = f"bench{r}", Path(tmp) / f"bench{r}.db"
             t0 = time.perf_counter()
@@ -164,24 +164,28 @@ def main() -> None:
             times["cnnsearch"].append(time.perf_counter() - t0)
             if done.returncode != 0:
                 sys.exit(f"cnnsearch run failed ({done.returncode}):\n{done.stderr}")
-            results["cnnsearch"] = cnnsearch_result(db, study)
+            results["cnnsearch"].append(cnnsearch_result(db, study))
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "bench.bench_vs_script", "--reference-only",
                                   "--dataset-spec", spec, "--trials", str(args.trials), *budget[:6],
                                   *(["--max-samples", str(args.max_samples)] if args.max_samples else [])],
                                  env=env(), cwd=ROOT, check=True, capture_output=True, text=True)
             times["reference"].append(time.perf_counter() - t0)
-            results["reference"] = json.loads(out.stdout.strip().splitlines()[-1])
+            results["reference"].append(json.loads(out.stdout.strip().splitlines()[-1]))
     total = args.trials * args.folds * args.epochs
     rows = []
     for name in ("reference", "cnnsearch"):
-        best = results[name]["best"]
-        rows.append([name, f"{median(times[name]):.1f}", "-" if best is None else f"{100 * best:.2f}%",
-                     f"{results[name]['trained']}/{total} ({100 * results[name]['trained'] / total:.0f}%)"])
+        bests = [r["best"] for r in results[name] if r["best"] is not None]
+        trained = median([float(r["trained"]) for r in results[name]])
+        rows.append([name, " ".join(f"{t:.1f}" for t in times[name]), f"{median(times[name]):.1f}",
+                     " ".join(f"{100 * b:.2f}%" for b in bests) or "-",
+                     f"{100 * median(bests):.2f}%" if bests else "-",
+                     f"{trained:.0f}/{total} ({100 * trained / total:.0f}%)"])
     ratio = median(times["reference"]) / median(times["cnnsearch"])
     print_table(f"{args.dataset}: {args.trials} trials x {args.folds} folds x {args.epochs} epochs "
                 f"({args.repeats} rounds, median wall time); cnnsearch is {ratio:.2f}x faster",
-                ["search", "wall s", "best CV accuracy", "fold-epochs trained"], rows)
+                ["search", "wall s (each round)", "median wall s", "best CV accuracy (each round)",
+                 "median best", "fold-epochs trained (median)"], rows)
 
 
 if __name__ == "__main__":
