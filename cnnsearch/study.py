@@ -352,11 +352,17 @@ def _pruner(config: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _sampler(config: Config, worker: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: Config, worker: int, history: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE seeded from the study seed, the worker index and ``history``, the number of trials the study held
+    when this process opened it.
+
+    Without ``history`` a resumed run would replay the first run's random start-up draws, and trials would
+    repeat parameters already tried; with it, the same seed and the same history still give the same draws.
+    """
     import optuna
 
     n_startup = min(10, max(3, config.run.n_trials // 4))
-    seed = (config.run.seed + 7919 * worker) % 2**32  # numpy takes seeds below 2**32
+    seed = (config.run.seed + 7919 * worker + 104_729 * history) % 2**32  # numpy takes seeds below 2**32
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup)
 
 
@@ -615,7 +621,7 @@ def stored_config(name: str, url: str) -> Config:
 
 
 def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0,
-               heartbeat: bool = True) -> SearchResult:
+               heartbeat: bool = True, ready: Callable[[], None] | None = None) -> SearchResult:
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
 
     One worker's loop; several processes or machines may run it on one study at once. Before each trial it
@@ -630,6 +636,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
         widen: Allow a wider space than the stored one.
         worker: This worker's index; seeds its sampler differently from the others.
         heartbeat: Record heartbeats (off only to measure their cost).
+        ready: Called once this worker is set up (data loaded, study opened), before its first trial: local
+            workers wait there for each other, so that the first one up does not take every trial.
 
     Raises:
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.interrupts.handled`):
@@ -653,7 +661,7 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     study = create_or_resume(config, widen=widen, data=data, storage=storage)
-    study.sampler = _sampler(config, worker)
+    study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)))
     study.pruner = _pruner(config)
     done, _ = finished_count(study)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
@@ -665,6 +673,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
             best = None
         emit(TrialFinished(row_of(trial), best))
 
+    if ready is not None:
+        ready()
     with TrialClaim(storage, run.study, _sqlite_path(run.storage_url)) as claim:
         objective = make_objective(config, data, emit, storage=storage, on_start=claim.release)
         deadline = math.inf if run.timeout is None else time.monotonic() + run.timeout

@@ -13,10 +13,12 @@ a second signal is passed on the same way (the workers exit at once) and the mai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import sys
+import threading
 import zlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -26,10 +28,15 @@ from cnnsearch.study import Emit, SearchResult, TrialFinished, _ignore
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
+    from multiprocessing.synchronize import Barrier
 
     import optuna
 
     from cnnsearch.config import Config
+
+
+START_WAIT = 120.0
+"""Seconds a local worker waits for the others to be set up before its first trial."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +114,11 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     readers: dict[Connection, int] = {}
     # Children inherit an ignored SIGINT across exec, so a Ctrl-C cannot reach them before they start.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started = ctx.Barrier(n)
     try:
         for i in range(n):
             reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer),
+            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer, started),
                                name=f"cnnsearch-worker-{i}")
             proc.start()
             writer.close()  # only the worker holds its write end: its death ends our reads with EOFError
@@ -136,8 +144,9 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
             assert isinstance(conn, mp.connection.Connection)
             try:
                 message = conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # the worker ended
                 del readers[conn]
+                started.abort()  # if it died before its first trial, the others stop waiting for it
                 continue
             if isinstance(message, WorkerFailed):
                 failures.append(message)
@@ -169,8 +178,13 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     return result
 
 
-def _worker_main(config: Config, index: int, conn: Connection) -> None:
-    """A worker process: the trial loop, with events sent to the main process."""
+def _worker_main(config: Config, index: int, conn: Connection, started: Barrier) -> None:
+    """A worker process: the trial loop, with events sent to the main process.
+
+    Every worker waits at ``started`` until all are set up (importing torch and loading the data take seconds),
+    so that they share the trials from the first one on. When a worker ends before it gets there, the main
+    process breaks the barrier and the others go on without it; none waits longer than ``START_WAIT``.
+    """
     from cnnsearch import interrupts
     from cnnsearch.interrupts import EXIT_INTERRUPTED
     from cnnsearch.study import Event, run_search
@@ -184,11 +198,17 @@ def _worker_main(config: Config, index: int, conn: Connection) -> None:
     code = 0
     with interrupts.handled(signals=(signal.SIGTERM,)):
         try:
-            run_search(config, emit, worker=index)
+            run_search(config, emit, worker=index, ready=lambda: _wait(started))
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except CnnSearchError as exc:
+            started.abort()  # the others need not wait for this one
             emit(WorkerFailed(index, exc.message, exc.exit_code))
             code = exc.exit_code
     conn.close()
     sys.exit(code)
+
+
+def _wait(started: Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):  # one did not get there in time: go on without it
+        started.wait(timeout=START_WAIT)

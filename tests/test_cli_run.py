@@ -104,6 +104,14 @@ def test_same_seed_same_params_and_scores(runner: CliRunner, in_tmp: Path, monke
     assert [t.params for t in load("c").get_trials()][1:] != [t.params for t in a][1:]
 
 
+def test_a_resumed_run_does_not_replay_the_first_run_s_draws(runner: CliRunner) -> None:
+    args = ["run", "--study", "t", *TINY, "--seed", "5", "--threads", "1"]
+    assert runner.invoke(app, [*args, "-n", "2"]).exit_code == 0  # the starting point, then one random draw
+    assert runner.invoke(app, [*args, "-n", "3"]).exit_code == 0  # resumed: a new process, the same seed
+    lrs = [t.params["lr"] for t in load().get_trials()]
+    assert len(lrs) == 3 and len(set(lrs)) == 3, lrs  # the resumed draw is not the first run's again
+
+
 def test_show_missing_study_lists_existing(runner: CliRunner) -> None:
     assert runner.invoke(app, ["run", "--study", "t", "-n", "1", *TINY]).exit_code == 0
     result = runner.invoke(app, ["show", "--study", "nope"])
