@@ -52,7 +52,7 @@ def test_print_config_merges_options_over_file_over_defaults(runner: CliRunner, 
     doc = tomllib.loads(result.stdout)
     assert doc["run"]["folds"] == 4  # the file over the default 3
     assert doc["run"]["epochs"] == 2  # the option over the file's 9
-    assert doc["run"]["n_trials"] == 24  # the default
+    assert doc["run"]["n_trials"] == 20  # the default
     assert doc["space"]["lr"] == 0.001 and doc["space"]["batch_size"] == [32, 64, 128]
     assert not (in_tmp / "studies" / "digits.db").exists()  # printing runs nothing
 

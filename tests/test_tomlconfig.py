@@ -80,7 +80,7 @@ hidden = "32:128"
 """)
     config = load_config(path, {"epochs": 2}, {"batch_size": "64"})
     run = config.run
-    assert (run.study, run.folds, run.epochs, run.pruner, run.n_trials) == ("mine", 4, 2, "none", 24)
+    assert (run.study, run.folds, run.epochs, run.pruner, run.n_trials) == ("mine", 4, 2, "none", 20)
     assert run.explode == 50.0 and isinstance(run.explode, float)
     space = config.space
     assert space["lr"] == parse_dim("lr", "1e-3:1e-1")
