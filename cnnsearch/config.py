@@ -274,7 +274,7 @@ class RunSettings:
     storage: str | None = None  # Optuna storage URL; None -> sqlite:///studies/<study>.db
     n_trials: int = 20  # finished trials the study should hold in total
     folds: int = 3  # stratified k-fold cross-validation
-    epochs: int = 12  # epochs per fold
+    epochs: int = 15  # epochs per fold
     seed: int = 0  # seeds the sampler, the data split, weight init and batch order
     pruner: PrunerName = "median"
     dataset: str = "digits"
