@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import print_table  # noqa: E402  (after the path line above)
+
 # The architecture is fixed so that every trial costs about the same, whichever params the sampler draws:
 # only lr, decay, l2 and dropout vary. No pruner, so both sides train every epoch of every trial.
 FIXED = ["--layers", "4", "--width", "32", "--growth", "2", "--batch-size", "64", "--batchnorm", "true",
@@ -69,15 +71,6 @@ def fresh() -> Path:
     return Path(tempfile.mkdtemp(prefix="cnnsearch-bench-"))
 
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(" --- " for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    sys.stdout.flush()
-
-
 # ------------------------------------------------------------------------------------------ measurements
 def throughput(a: argparse.Namespace) -> None:
     """Trials per hour, 1 worker (all cores) against N workers (cores / N threads each), same budget."""
@@ -105,7 +98,7 @@ def throughput(a: argparse.Namespace) -> None:
         rows.append([w, " ".join(f"{x:.1f}" for x in walls[w]), f"{3600 * a.trials / med:.0f}",
                      f"{base / med:.2f}x", " ".join(f"{x:.1f}" for x in spans[w]),
                      f"{3600 * a.trials / span_med:.0f}", f"{base_span / span_med:.2f}x"])
-    table(f"Throughput on {cpu_count()} cores ({a.trials} trials, {a.folds} folds x {a.epochs} epochs)",
+    print_table(f"Throughput on {cpu_count()} cores ({a.trials} trials, {a.folds} folds x {a.epochs} epochs)",
           ["workers", "wall s (each run)", "trials/hour (wall)", f"vs {sides[0]}", "trials span s (each run)",
            "trials/hour (span)", f"vs {sides[0]}"], rows)
     print("\nwall: the whole command, with process start (about 6 s of CPU per worker: torch, torch._dynamo, data);"
@@ -126,7 +119,7 @@ def lock_errors(a: argparse.Namespace) -> None:
         rows.append([rep, n, f"{wall:.1f}", err.lower().count("database is locked"), states.get("FAIL", 0),
                      states.get("COMPLETE", 0) + states.get("PRUNED", 0), len(trials)])
         shutil.rmtree(where)
-    table("SQLite with 4 workers", ["run", "target", "wall s", "'database is locked'", "FAIL trials",
+    print_table("SQLite with 4 workers", ["run", "target", "wall s", "'database is locked'", "FAIL trials",
                                     "finished", "trials in study"], rows)
 
 
@@ -150,7 +143,7 @@ def heartbeat(a: argparse.Namespace) -> None:
                 walls[hb].append(time.perf_counter() - start)
             shutil.rmtree(where)
     on, off = statistics.median(walls[True]), statistics.median(walls[False])
-    table(f"Heartbeat overhead (1 worker in-process, {a.trials} trials, interval 5 s)",
+    print_table(f"Heartbeat overhead (1 worker in-process, {a.trials} trials, interval 5 s)",
           ["heartbeat", "wall s (each run)", "median s", "overhead"],
           [["on", " ".join(f"{x:.1f}" for x in walls[True]), f"{on:.1f}", f"{100 * (on - off) / off:+.1f}%"],
            ["off", " ".join(f"{x:.1f}" for x in walls[False]), f"{off:.1f}", ""]])
@@ -195,7 +188,7 @@ def kills(a: argparse.Namespace) -> None:
         rows.append([exp, "worker of 2" if victim != proc.pid else "only process", f"{delay:.1f}", first_code,
                      running_after_kill, states.get("FAIL", 0), delay_retry, finished, lost, ok])
         shutil.rmtree(where)
-    table(f"kill -9 experiments ({a.kill_trials} trials each)",
+    print_table(f"kill -9 experiments ({a.kill_trials} trials each)",
           ["exp", "killed", "at s", "exit code", "RUNNING after kill", "FAIL (killed)", "retry started after s",
            "finished after resume", "lost", "integrity"], rows)
     print(f"\nTrials lost in {a.kills} experiments: {sum(int(r[8]) for r in rows)}")
@@ -240,7 +233,7 @@ def fold_reuse(a: argparse.Namespace) -> None:
         recorded.append(float(retry.user_attrs["seconds_saved"]))
         shutil.rmtree(where)
     f, r = statistics.median(fresh_s), statistics.median(retry_s)
-    table(f"Fold reuse: a retry after kill -9 between fold 1 and 2 of {a.folds}",
+    print_table(f"Fold reuse: a retry after kill -9 between fold 1 and 2 of {a.folds}",
           ["trial", "duration s (each run)", "median s"],
           [["uninterrupted", " ".join(f"{x:.2f}" for x in fresh_s), f"{f:.2f}"],
            ["retried (fold 1 reused)", " ".join(f"{x:.2f}" for x in retry_s), f"{r:.2f}"],

@@ -170,11 +170,11 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
         how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else \
             f"failed with exit code {code}"
         result.notes.append(f"Worker {i} {how}; a trial it was running was failed and queued again.")
-    if done < config.run.n_trials and config.run.timeout is not None and not crashed:
+    if done < config.run.n_trials:
+        if config.run.timeout is None or crashed:
+            raise CnnSearchError(f"every worker stopped with {done} of {config.run.n_trials} trials finished; "
+                                 "run the same command again to resume", exit_code=RUNTIME)
         result.notes.append(timeout_note(config.run, done))  # every worker stopped at the deadline
-    elif done < config.run.n_trials:
-        raise CnnSearchError(f"every worker stopped with {done} of {config.run.n_trials} trials finished; "
-                             "run the same command again to resume", exit_code=RUNTIME)
     return result
 
 
