@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
-from cnnsearch.workers import resolve_workers
+from cnnsearch.workers import resolve_workers, start_method
 from tests.conftest import cli_env
 
 SMALL = ["--epochs", "1", "--folds", "2", "--max-samples", "60", "--layers", "1", "--width", "16",
@@ -47,6 +47,12 @@ def test_workers_stop_at_the_timeout_and_the_run_ends_normally(in_tmp: Path) -> 
     done = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
     assert 2 <= done == len(trials) < 500  # each worker finished what it started, nothing left RUNNING
     assert f"Stopped at --timeout 2 s with {done} of 500 trials finished" in " ".join(proc.stdout.split())
+
+
+def test_workers_are_forked_only_for_the_cpu_on_linux() -> None:
+    # A CUDA context does not survive a fork, and macOS frameworks are not fork-safe: those spawn.
+    assert start_method("cuda") == "spawn"
+    assert start_method("cpu") == ("fork" if sys.platform == "linux" else "spawn")
 
 
 def test_auto_is_one_worker_per_core_capped_by_trials_left() -> None:
