@@ -31,7 +31,7 @@ from bench.common import ROOT, cnnsearch_cmd, env, median, mnist_npz, print_tabl
 
 
 def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: int,
-                     max_samples: int | None) -> dict[str, Any]:
+                     max_samples: int | None, dump: str | None = None) -> dict[str, Any]:
     """The hand-written Optuna search. Returns its best CV accuracy and the fold-epochs it trained."""
     import numpy as np
     import optuna
@@ -97,7 +97,16 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
                                 pruner=optuna.pruners.MedianPruner())
     study.optimize(objective, n_trials=trials)
     best = study.best_value if any(t.value is not None for t in study.trials) else None
+    if dump:
+        Path(dump).write_text(json.dumps(trial_rows(study.trials)))
     return {"best": best, "trained": trained}
+
+
+def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
+    """Each trial's params, state, fold-epochs reported and seconds, for a look at where the time went."""
+    return [{"number": t.number, "state": t.state.name, "params": t.params, "steps": len(t.intermediate_values),
+             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+             if t.datetime_complete and t.datetime_start else None, "value": t.value} for t in trials]
 
 
 def cnnsearch_result(db: Path, study: str) -> dict[str, Any]:
@@ -109,6 +118,22 @@ def cnnsearch_result(db: Path, study: str) -> dict[str, Any]:
     # Each reported step is one trained fold-epoch, except the 0.0 a diverged trial reports when it stops.
     trained = sum(len(t.intermediate_values) - (1 if t.user_attrs.get("diverged") else 0) for t in s.trials)
     return {"best": max(completed) if completed else None, "trained": trained}
+
+
+def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> dict[str, Any]:
+    """``cnnsearch run`` with its defaults on ``budget`` in a fresh study; its best and fold-epochs trained."""
+    study, db = f"bench{r}", tmp / f"bench{r}.db"
+    done = subprocess.run(cnnsearch_cmd("run", "--study", study, "--storage", f"sqlite:///{db}", "-n",
+                                        str(args.trials), "--dataset", spec, *budget, *args.cnnsearch_args.split()),
+                          env=env(), cwd=tmp, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"cnnsearch run failed ({done.returncode}):\n{done.stderr}")
+    if args.dump:
+        import optuna
+
+        trials = optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
+        Path(f"{args.dump}-cnnsearch-{r}.json").write_text(json.dumps(trial_rows(trials)))
+    return cnnsearch_result(db, study)
 
 
 def cnnsearch_accepts(dataset: str) -> str | None:
@@ -135,11 +160,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Rounds of both sides (alternating).")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset-spec", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dump", default=None, help="Write each side's trials (params, seconds) as JSON to "
+                        "DUMP-reference-ROUND.json and DUMP-cnnsearch-ROUND.json.")
+    parser.add_argument("--cnnsearch-args", default="", help="Extra arguments for `cnnsearch run`, split on spaces.")
     args = parser.parse_args()
 
     if args.reference_only:  # the subprocess side of the reference
         print(json.dumps(reference_search(args.dataset_spec, args.trials, args.folds, args.epochs, args.seed,
-                                          args.max_samples)))
+                                          args.max_samples, args.dump)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,28 +178,27 @@ def main() -> None:
             if reason is not None:
                 print(f"Skipping MNIST: this cnnsearch does not accept {spec!r} yet ({reason}).")
                 return
-        budget = ["--folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(args.seed)]
-        if args.max_samples:
-            budget += ["--max-samples", str(args.max_samples)]
         times: dict[str, list[float]] = {"cnnsearch": [], "reference": []}
         results: dict[str, list[dict[str, Any]]] = {"cnnsearch": [], "reference": []}
         for r in range(args.repeats):
-            study, db = f"bench{r}", Path(tmp) / f"bench{r}.db"
-            t0 = time.perf_counter()
-            done = subprocess.run(cnnsearch_cmd("run", "--study", study, "--storage", f"sqlite:///{db}", "-n",
-                                                str(args.trials), "--dataset", spec, *budget),
-                                  env=env(), cwd=tmp, capture_output=True, text=True)
-            times["cnnsearch"].append(time.perf_counter() - t0)
-            if done.returncode != 0:
-                sys.exit(f"cnnsearch run failed ({done.returncode}):\n{done.stderr}")
-            results["cnnsearch"].append(cnnsearch_result(db, study))
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "bench.bench_vs_script", "--reference-only",
-                                  "--dataset-spec", spec, "--trials", str(args.trials), *budget[:6],
-                                  *(["--max-samples", str(args.max_samples)] if args.max_samples else [])],
-                                 env=env(), cwd=ROOT, check=True, capture_output=True, text=True)
-            times["reference"].append(time.perf_counter() - t0)
-            results["reference"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            # Each round its own seed, the same on both sides: the search split, the folds and the samplers.
+            seed = args.seed + r
+            budget = ["--folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(seed)]
+            if args.max_samples:
+                budget += ["--max-samples", str(args.max_samples)]
+            for side in ("cnnsearch", "reference") if r % 2 == 0 else ("reference", "cnnsearch"):
+                t0 = time.perf_counter()
+                if side == "cnnsearch":
+                    results[side].append(run_cnnsearch(spec, args, budget, Path(tmp), r))
+                else:
+                    out = subprocess.run([sys.executable, "-m", "bench.bench_vs_script", "--reference-only",
+                                          "--dataset-spec", spec, "--trials", str(args.trials), *budget,
+                                          *(["--dump", f"{args.dump}-reference-{r}.json"] if args.dump else [])],
+                                         env=env(), cwd=ROOT, check=True, capture_output=True, text=True)
+                    results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                times[side].append(time.perf_counter() - t0)
+                print(f"  round {r} (seed {seed}) {side}: {times[side][-1]:.1f} s, best "
+                      f"{100 * (results[side][-1]['best'] or 0):.2f}%", file=sys.stderr, flush=True)
     total = args.trials * args.folds * args.epochs
     rows = []
     for name in ("reference", "cnnsearch"):
@@ -186,6 +213,12 @@ def main() -> None:
                 f"({args.repeats} rounds, median wall time); cnnsearch is {ratio:.2f}x faster",
                 ["search", "wall s (each round)", "median wall s", "best CV accuracy (each round)",
                  "median best", "fold-epochs trained (median)"], rows)
+    paired = [ref / own for ref, own in zip(times["reference"], times["cnnsearch"], strict=True)]
+    gaps = [100 * ((own["best"] or 0) - (ref["best"] or 0))
+            for ref, own in zip(results["reference"], results["cnnsearch"], strict=True)]
+    print(f"\nPer round (same seed on both sides): cnnsearch {' '.join(f'{x:.2f}x' for x in paired)} faster "
+          f"(median {median(paired):.2f}x); best accuracy {' '.join(f'{g:+.2f}' for g in gaps)} points "
+          f"(median {median(gaps):+.2f}).")
 
 
 if __name__ == "__main__":

@@ -72,15 +72,52 @@ def fresh() -> Path:
 
 
 # ------------------------------------------------------------------------------------------ measurements
+def default_space_draws(n: int, seed: int) -> list[dict[str, object]]:
+    """``n`` complete parameter sets drawn at random from cnnsearch's default search space."""
+    import optuna
+
+    from cnnsearch.config import build_space
+    from cnnsearch.space import suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = build_space()
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = draws.ask()
+        suggest(trial, space)
+        out.append(dict(trial.params))
+    return out
+
+
+def queue_draws(where: Path, budget: list[str], draws: list[dict[str, object]]) -> None:
+    """Create study ``b`` in ``where`` with the CLI (no trial run) and queue ``draws`` after its starting point."""
+    import optuna
+
+    run_cli(["run", "--study", "b", "--timeout", "0.001", *budget], where)
+    study = optuna.load_study(study_name="b", storage=f"sqlite:///{where}/studies/b.db")
+    for params in draws:
+        study.enqueue_trial(params)
+
+
 def throughput(a: argparse.Namespace) -> None:
-    """Trials per hour, 1 worker (all cores) against N workers (cores / N threads each), same budget."""
-    budget = ["-n", str(a.trials), "--epochs", str(a.epochs), "--folds", str(a.folds), *a.samples, *FIXED]
+    """Trials per hour, 1 worker (all cores) against N workers (cores / N threads each), same budget.
+
+    ``--space fixed``: every trial trains one architecture (only lr, decay, l2 and dropout vary).
+    ``--space default``: both sides train the same queued configurations, the starting point and draws at random
+    from the default search space, so cheap and dear models mix as in a real search.
+    """
+    arch = FIXED if a.space == "fixed" else ["--pruner", "none"]
+    budget = ["-n", str(a.trials), "--epochs", str(a.epochs), "--folds", str(a.folds), *a.samples, *arch]
+    draws = default_space_draws(a.trials - 1, seed=6) if a.space == "default" else []
     sides = [int(w) for w in a.workers.split(",")]
     walls: dict[int, list[float]] = {w: [] for w in sides}
     spans: dict[int, list[float]] = {w: [] for w in sides}
     for rep in range(a.repeats):
         for w in sides if rep % 2 == 0 else sides[::-1]:
             where = fresh()
+            if draws:
+                queue_draws(where, budget, draws)
             wall, _ = run_cli(["run", "--study", "b", "--workers", str(w), *budget], where)
             trials = load(where, "b")
             assert len(trials) == a.trials
@@ -98,7 +135,8 @@ def throughput(a: argparse.Namespace) -> None:
         rows.append([w, " ".join(f"{x:.1f}" for x in walls[w]), f"{3600 * a.trials / med:.0f}",
                      f"{base / med:.2f}x", " ".join(f"{x:.1f}" for x in spans[w]),
                      f"{3600 * a.trials / span_med:.0f}", f"{base_span / span_med:.2f}x"])
-    print_table(f"Throughput on {cpu_count()} cores ({a.trials} trials, {a.folds} folds x {a.epochs} epochs)",
+    what = "one fixed architecture" if a.space == "fixed" else "the same configurations of the default space"
+    print_table(f"Throughput on {cpu_count()} cores ({a.trials} trials, {a.folds} folds x {a.epochs} epochs, {what})",
           ["workers", "wall s (each run)", "trials/hour (wall)", f"vs {sides[0]}", "trials span s (each run)",
            "trials/hour (span)", f"vs {sides[0]}"], rows)
     print("\nwall: the whole command, with process start (about 6 s of CPU per worker: torch, torch._dynamo, data);"
@@ -202,7 +240,7 @@ def worker_processes(pid: int) -> list[int]:
     found = []
     for child in psutil.Process(pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
                 found.append(child.pid)
         except psutil.Error:  # ended while we looked
             continue
@@ -241,8 +279,68 @@ def fold_reuse(a: argparse.Namespace) -> None:
             f"{f - r:.2f} ({100 * (f - r) / f:.0f}%)"]])
 
 
+# Architectures of the default space, from cheap to dear, for the ceiling measurement.
+CEILING_ARCHS = {
+    "2 layers, width 16": {"layers": 2, "width": 16, "growth": 1.0},
+    "4 layers, width 32 (x2)": {"layers": 4, "width": 32, "growth": 2.0},
+    "6 layers, width 64 (x2)": {"layers": 6, "width": 64, "growth": 2.0},
+}
+CEILING_CHILD = """
+import sys, time, json
+import torch
+from bench.common import reference_params, train_val
+from bench.bench_loop import bare_loop
+torch.set_num_threads(int(sys.argv[1]))
+params = reference_params(**json.loads(sys.argv[2]))
+x_tr, y_tr, x_va, y_va = train_val("digits", None)
+bare_loop(params, x_tr[:256], y_tr[:256], x_va, y_va, 1, 0)  # warm-up
+sys.stdout.write("go\\n"); sys.stdout.flush(); sys.stdin.readline()
+start = time.perf_counter()
+bare_loop(params, x_tr, y_tr, x_va, y_va, int(sys.argv[3]), 0)
+print(len(y_tr) * int(sys.argv[3]) / (time.perf_counter() - start))
+"""
+
+
+def ceiling(a: argparse.Namespace) -> None:
+    """What the hardware allows: training images per second of one 2-thread process against two 1-thread
+    processes at once (the same loop, no search, no storage), for cheap and dear models of the default space."""
+    cores = cpu_count()
+    epochs = 2 if a.quick else 8
+
+    def together(n: int, threads: int, arch: dict[str, float]) -> float:
+        """Total images/s of ``n`` processes training at once (all set up before any starts)."""
+        import json as _json
+
+        procs = [subprocess.Popen([sys.executable, "-c", CEILING_CHILD, str(threads), _json.dumps(arch), str(epochs)],
+                                  cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(n)]
+        for proc in procs:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        return sum(float(proc.communicate()[0].strip()) for proc in procs)
+
+    rows = []
+    for name, arch in CEILING_ARCHS.items():
+        rates: dict[int, list[float]] = {1: [], cores: []}
+        for rep in range(a.repeats):
+            for n in (1, cores) if rep % 2 == 0 else (cores, 1):
+                rates[n].append(together(n, cores // n, arch))
+        one, many = statistics.median(rates[1]), statistics.median(rates[cores])
+        rows.append([name, " ".join(f"{x:.0f}" for x in rates[1]), " ".join(f"{x:.0f}" for x in rates[cores]),
+                     f"{many / one:.2f}x"])
+    print_table(f"Ceiling: training images/s on digits, 1 process x {cores} threads against {cores} processes x 1 "
+                f"thread at once ({epochs} epochs each, bare loop)",
+                ["model", f"1 x {cores} threads (each run)", f"{cores} x 1 thread, total (each run)",
+                 "ratio of medians"], rows)
+
+
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "throughput": throughput, "locks": lock_errors, "heartbeat": heartbeat, "kill": kills, "reuse": fold_reuse,
+    "throughput": throughput, "ceiling": ceiling, "locks": lock_errors, "heartbeat": heartbeat, "kill": kills,
+    "reuse": fold_reuse,
 }
 
 
@@ -251,6 +349,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="A tiny budget: checks that the benchmark works.")
     p.add_argument("--only", default=",".join(MEASUREMENTS), help="Comma-separated: " + ", ".join(MEASUREMENTS))
     p.add_argument("--workers", default="1,2", help="Worker counts to compare for throughput.")
+    p.add_argument("--space", choices=["fixed", "default"], default="fixed",
+                   help="Throughput trials: one fixed architecture, or the same draws from the default space.")
     p.add_argument("--trials", type=int, help="Trials per throughput and heartbeat run (overrides the budget).")
     p.add_argument("--epochs", type=int, help="Epochs per fold (overrides the budget).")
     p.add_argument("--repeats", type=int, help="Runs per side (overrides the budget).")
