@@ -91,10 +91,10 @@ def default_space_draws(n: int, seed: int) -> list[dict[str, object]]:
 
 
 def queue_draws(where: Path, budget: list[str], draws: list[dict[str, object]]) -> None:
-    """Create study ``b`` in ``where`` with the CLI (no trial run) and queue ``draws`` after its starting point."""
+    """Create study ``b`` in ``where`` with the CLI (its first trial, the starting point, runs) and queue ``draws``."""
     import optuna
 
-    run_cli(["run", "--study", "b", "--timeout", "0.001", *budget], where)
+    run_cli(["run", "--study", "b", "--workers", "1", *budget, "-n", "1"], where)
     study = optuna.load_study(study_name="b", storage=f"sqlite:///{where}/studies/b.db")
     for params in draws:
         study.enqueue_trial(params)
@@ -104,12 +104,12 @@ def throughput(a: argparse.Namespace) -> None:
     """Trials per hour, 1 worker (all cores) against N workers (cores / N threads each), same budget.
 
     ``--space fixed``: every trial trains one architecture (only lr, decay, l2 and dropout vary).
-    ``--space default``: both sides train the same queued configurations, the starting point and draws at random
-    from the default search space, so cheap and dear models mix as in a real search.
+    ``--space default``: both sides train the same queued configurations, drawn at random from the default search
+    space, so cheap and dear models mix as in a real search (the study's first trial, run untimed, creates it).
     """
     arch = FIXED if a.space == "fixed" else ["--pruner", "none"]
     budget = ["-n", str(a.trials), "--epochs", str(a.epochs), "--folds", str(a.folds), *a.samples, *arch]
-    draws = default_space_draws(a.trials - 1, seed=6) if a.space == "default" else []
+    draws = default_space_draws(a.trials, seed=6) if a.space == "default" else []
     sides = [int(w) for w in a.workers.split(",")]
     walls: dict[int, list[float]] = {w: [] for w in sides}
     spans: dict[int, list[float]] = {w: [] for w in sides}
@@ -118,8 +118,9 @@ def throughput(a: argparse.Namespace) -> None:
             where = fresh()
             if draws:
                 queue_draws(where, budget, draws)
-            wall, _ = run_cli(["run", "--study", "b", "--workers", str(w), *budget], where)
-            trials = load(where, "b")
+            wall, _ = run_cli(["run", "--study", "b", "--workers", str(w), *budget, "-n", str(len(draws) + 1)]
+                              if draws else ["run", "--study", "b", "--workers", str(w), *budget], where)
+            trials = load(where, "b")[1:] if draws else load(where, "b")  # the queued draws alone
             assert len(trials) == a.trials
             # From the first trial's start to the last one's end: throughput once the workers are up.
             span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)

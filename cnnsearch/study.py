@@ -37,7 +37,8 @@ SCHEMA_ATTEMPTS = 5  # tries to open a new SQLite file while another process cre
 SETTINGS_WAIT = 10.0  # seconds to wait for the process that created a study to store its settings
 RUN_ATTR = "cnnsearch_run"
 """Study user attribute with what ``cnnsearch worker`` needs beyond the fixed settings (target, pruner)."""
-POLL_INTERVAL = 2.0  # seconds between checks while the trials left are running on other workers
+POLL_INTERVAL = 0.5  # seconds between checks while the trials left are running on other workers (the last
+# worker to finish ends the run at most this long after its last trial)
 
 
 # --------------------------------------------------------------------------------------------- events
@@ -367,8 +368,10 @@ def _sampler(config: Config, worker: int, history: int = 0) -> optuna.samplers.B
     # multivariate: lr, batch size, optimizer and architecture interact; group: momentum and hidden exist only
     # for some trials. constant_liar: a worker treats the trials still running elsewhere as bad results, so
     # parallel workers do not all sample next to the same good point.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True,
-                                      constant_liar=True)
+    with warnings.catch_warnings():  # group is experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True,
+                                          constant_liar=True)
 
 
 def trial_seed(study_seed: int, number: int, fold: int) -> int:
