@@ -1,4 +1,5 @@
-"""Benchmark of issue 6: workers, lock errors, heartbeat overhead, kill -9 experiments and fold reuse.
+"""Benchmark of issue 6: workers (and the CPU's ceiling for them), lock errors, heartbeat overhead, kill -9
+experiments and fold reuse.
 
 Every measurement runs the real CLI (``python -m cnnsearch`` from this checkout) or the library on digits, in a
 fresh temporary folder, and prints a Markdown table. Sides of a comparison alternate (A B A B ...) and the
@@ -7,6 +8,7 @@ table gives medians, so a load change on the machine hits both sides alike.
     python bench/bench_workers.py                 # the full benchmark (about 30-40 minutes on 2 cores)
     python bench/bench_workers.py --quick         # a tiny budget, to check that it works (about 5 minutes)
     python bench/bench_workers.py --only throughput,kill
+    python bench/bench_workers.py --only throughput --space default   # the same draws from the default space
 """
 
 from __future__ import annotations
@@ -140,8 +142,8 @@ def throughput(a: argparse.Namespace) -> None:
     print_table(f"Throughput on {cpu_count()} cores ({a.trials} trials, {a.folds} folds x {a.epochs} epochs, {what})",
           ["workers", "wall s (each run)", "trials/hour (wall)", f"vs {sides[0]}", "trials span s (each run)",
            "trials/hour (span)", f"vs {sides[0]}"], rows)
-    print("\nwall: the whole command, with process start (about 6 s of CPU per worker: torch, torch._dynamo, data);"
-          " span: first trial start to last trial end.")
+    print("\nwall: the whole command, process start included (imports and data: the same on both sides when workers"
+          " are forked); span: first trial start to last trial end.")
 
 
 def lock_errors(a: argparse.Namespace) -> None:
