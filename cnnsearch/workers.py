@@ -88,6 +88,7 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
         first_worker: Index of the first worker; worker ``i`` seeds its sampler with ``first_worker + i``.
     """
     import optuna
+    import torch
 
     from cnnsearch.data import dataset_for, fold_indices
     from cnnsearch.devices import resolve_device
@@ -106,6 +107,7 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     run = config.run
     device = resolve_device(run.device)  # --device cuda without CUDA: refuse before storage
     forking = start_method(device.type) == "fork"
+    threads_before = torch.get_num_threads()
     if forking:
         set_threads(1)  # before any torch work here: workers forked later inherit no OpenMP thread pool
         warm_up()  # imported once here instead of once per worker
@@ -120,9 +122,13 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
     if n == 1:
         return run_search(config, emit, widen=widen, worker=first_worker)
-    if forking:
-        storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
-    return _run_processes(config, emit, n, first_worker, study, "fork" if forking else "spawn")
+    if not forking:
+        return _run_processes(config, emit, n, first_worker, study, "spawn")
+    storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
+    try:
+        return _run_processes(config, emit, n, first_worker, study, "fork")
+    finally:
+        set_threads(threads_before)  # for whatever this process trains next (a library caller's retrain)
 
 
 def start_method(device_type: str) -> str:

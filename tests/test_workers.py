@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -82,3 +83,18 @@ def test_worker_joins_a_study_reading_its_settings_from_storage(runner: CliRunne
     assert "cnnsearch worker --study t" in joined.output
     missing = runner.invoke(app, ["worker", "--study", "nope"])
     assert missing.exit_code == 2 and "studies that exist: t" in missing.stderr
+
+
+def test_forked_workers_share_the_work_and_the_caller_keeps_its_torch_threads(runner: CliRunner) -> None:
+    # In this process, as a library caller would: the run forks (on Linux) after it has loaded torch and the
+    # data, and must leave this process as it found it.
+    import torch
+
+    before = torch.get_num_threads()
+    result = runner.invoke(app, ["run", "--study", "f", "-n", "10", "--workers", "2", *SMALL])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="f", storage="sqlite:///studies/f.db").get_trials()
+    assert len(trials) == 10 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # two processes other than this one did the work
+    assert os.getpid() not in {t.user_attrs["pid"] for t in trials}
+    assert torch.get_num_threads() == before
