@@ -109,31 +109,31 @@ def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
              if t.datetime_complete and t.datetime_start else None, "value": t.value} for t in trials]
 
 
-def cnnsearch_result(db: Path, study: str) -> dict[str, Any]:
-    """Best CV accuracy and fold-epochs trained, read back from the study cnnsearch wrote."""
+def cnnsearch_result(db: Path, study: str, dump: str | None = None) -> dict[str, Any]:
+    """Best CV accuracy and fold-epochs trained, read back from the study cnnsearch wrote; with ``dump``, its
+    trials are written there too."""
     import optuna
 
     s = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
     completed = [t.value for t in s.trials if t.value is not None and t.state.name == "COMPLETE"]
     # Each reported step is one trained fold-epoch, except the 0.0 a diverged trial reports when it stops.
     trained = sum(len(t.intermediate_values) - (1 if t.user_attrs.get("diverged") else 0) for t in s.trials)
+    if dump:
+        Path(dump).write_text(json.dumps(trial_rows(s.trials)))
     return {"best": max(completed) if completed else None, "trained": trained}
 
 
-def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> dict[str, Any]:
-    """``cnnsearch run`` with its defaults on ``budget`` in a fresh study; its best and fold-epochs trained."""
-    study, db = f"bench{r}", tmp / f"bench{r}.db"
-    done = subprocess.run(cnnsearch_cmd("run", "--study", study, "--storage", f"sqlite:///{db}", "-n",
-                                        str(args.trials), "--dataset", spec, *budget, *args.cnnsearch_args.split()),
+def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> float:
+    """``cnnsearch run`` with its defaults on ``budget`` in the fresh study ``bench{r}``; its wall seconds."""
+    start = time.perf_counter()
+    done = subprocess.run(cnnsearch_cmd("run", "--study", f"bench{r}", "--storage", f"sqlite:///{tmp}/bench{r}.db",
+                                        "-n", str(args.trials), "--dataset", spec, *budget,
+                                        *args.cnnsearch_args.split()),
                           env=env(), cwd=tmp, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"cnnsearch run failed ({done.returncode}):\n{done.stderr}")
-    if args.dump:
-        import optuna
-
-        trials = optuna.load_study(study_name=study, storage=f"sqlite:///{db}").trials
-        Path(f"{args.dump}-cnnsearch-{r}.json").write_text(json.dumps(trial_rows(trials)))
-    return cnnsearch_result(db, study)
+    return seconds
 
 
 def cnnsearch_accepts(dataset: str) -> str | None:
@@ -187,16 +187,18 @@ def main() -> None:
             if args.max_samples:
                 budget += ["--max-samples", str(args.max_samples)]
             for side in ("cnnsearch", "reference") if r % 2 == 0 else ("reference", "cnnsearch"):
-                t0 = time.perf_counter()
                 if side == "cnnsearch":
-                    results[side].append(run_cnnsearch(spec, args, budget, Path(tmp), r))
+                    times[side].append(run_cnnsearch(spec, args, budget, Path(tmp), r))
+                    results[side].append(cnnsearch_result(Path(tmp) / f"bench{r}.db", f"bench{r}",
+                                                          f"{args.dump}-cnnsearch-{r}.json" if args.dump else None))
                 else:
+                    t0 = time.perf_counter()
                     out = subprocess.run([sys.executable, "-m", "bench.bench_vs_script", "--reference-only",
                                           "--dataset-spec", spec, "--trials", str(args.trials), *budget,
                                           *(["--dump", f"{args.dump}-reference-{r}.json"] if args.dump else [])],
                                          env=env(), cwd=ROOT, check=True, capture_output=True, text=True)
+                    times[side].append(time.perf_counter() - t0)
                     results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                times[side].append(time.perf_counter() - t0)
                 print(f"  round {r} (seed {seed}) {side}: {times[side][-1]:.1f} s, best "
                       f"{100 * (results[side][-1]['best'] or 0):.2f}%", file=sys.stderr, flush=True)
     total = args.trials * args.folds * args.epochs

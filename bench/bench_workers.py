@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import random
 import shutil
@@ -312,9 +313,7 @@ def ceiling(a: argparse.Namespace) -> None:
 
     def together(n: int, threads: int, arch: dict[str, float]) -> float:
         """Total images/s of ``n`` processes training at once (all set up before any starts)."""
-        import json as _json
-
-        procs = [subprocess.Popen([sys.executable, "-c", CEILING_CHILD, str(threads), _json.dumps(arch), str(epochs)],
+        procs = [subprocess.Popen([sys.executable, "-c", CEILING_CHILD, str(threads), json.dumps(arch), str(epochs)],
                                   cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(n)]
         for proc in procs:

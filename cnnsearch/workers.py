@@ -106,9 +106,9 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = config.run
     device = resolve_device(run.device)  # --device cuda without CUDA: refuse before storage
-    forking = start_method(device.type) == "fork"
+    method = start_method(device.type)
     threads_before = torch.get_num_threads()
-    if forking:
+    if method == "fork":
         set_threads(1)  # before any torch work here: workers forked later inherit no OpenMP thread pool
         warm_up()  # imported once here instead of once per worker
     data = dataset_for(run)  # cached per process: the in-process worker, and forked workers, reuse it
@@ -122,11 +122,11 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
     if n == 1:
         return run_search(config, emit, widen=widen, worker=first_worker)
-    if not forking:
-        return _run_processes(config, emit, n, first_worker, study, "spawn")
+    if method == "spawn":
+        return _run_processes(config, emit, n, first_worker, study, method)
     storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
     try:
-        return _run_processes(config, emit, n, first_worker, study, "fork")
+        return _run_processes(config, emit, n, first_worker, study, method)
     finally:
         set_threads(threads_before)  # for whatever this process trains next (a library caller's retrain)
 
