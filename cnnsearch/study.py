@@ -22,6 +22,7 @@ from cnnsearch.errors import RUNTIME, CnnSearchError
 
 if TYPE_CHECKING:
     import optuna
+    import torch
 
     from cnnsearch.data import Dataset
     from cnnsearch.space import TrialParams
@@ -374,6 +375,13 @@ def _sampler(config: Config, worker: int, history: int = 0) -> optuna.samplers.B
                                           constant_liar=True)
 
 
+def chance_floor(y_val: torch.Tensor) -> float:
+    """The validation accuracy a fold must beat to count as learning anything: the share of its commonest class
+    (what a constant prediction scores) plus three standard errors of that share over ``len(y_val)`` images."""
+    share = float(y_val.bincount().max().item()) / max(1, len(y_val))
+    return share + 3 * math.sqrt(share * (1 - share) / max(1, len(y_val)))
+
+
 def trial_seed(study_seed: int, number: int, fold: int) -> int:
     """A seed per (trial, fold), the same whichever worker runs it."""
     return (study_seed * 1_000_003 + number * 1_009 + fold) % (2**31)
@@ -410,6 +418,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
              for tr, va in fold_indices(data.y.cpu().numpy(), run.folds, run.seed)]
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
     norms = [normalisation(data.x[tr]) for tr, _ in folds]
+    floors = [chance_floor(y_va) for _, _, _, y_va in fold_data] if run.pruner != "none" else []
 
     def origin_of(trial: optuna.Trial) -> int:
         """The number of the first trial in a retry chain; it seeds the folds."""
@@ -427,7 +436,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             trial.set_user_attr(key, value)
         if origin != trial.number:
             trial.set_user_attr("retry_of", origin)
-        for key in ("pruned_at", "diverged", "interrupted"):  # outcomes of the dead trial, not of this one
+        for key in ("pruned_at", "at_chance", "diverged", "interrupted"):  # outcomes of the dead trial, not this one
             if inherited.get(key):
                 trial.set_user_attr(key, None)
         emit(TrialStarted(trial.number, params.to_dict()))
@@ -446,11 +455,17 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             with interrupts.deferred():
                 trial.report(acc, fold * run.epochs + epoch)
                 emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-                prune = trial.should_prune()
+                # A fold that ends no better than always answering the commonest class will not be rescued by
+                # the others: the trial stops there, whatever the pruner makes of the other trials.
+                at_chance = bool(floors) and epoch == run.epochs - 1 and fold < run.folds - 1 and acc <= floors[fold]
+                prune = at_chance or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
+                if at_chance:
+                    trial.set_user_attr("at_chance", {"fold": fold, "accuracy": acc, "floor": floors[fold]})
             if prune:
-                raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch}")
+                raise optuna.TrialPruned(f"{'no better than chance' if at_chance else 'pruned'} at fold {fold}, "
+                                         f"epoch {epoch}")
             if fold == 0 and epoch == 0:
                 interrupts.pause_point("training", trial=trial.number)
 

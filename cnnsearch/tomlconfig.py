@@ -525,6 +525,7 @@ def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
         run["storage"] = storage
     run.update({k: v for k, v in stored.items() if k in fields and v is not None and k not in run})
     run["n_trials"] = 1
+    run["pruner"] = "none"
     if int(trial.params.get("layers", 0)) > MAX_LAYERS:
         run["allow_deep"] = True
     doc = {"run": run, "space": _space_doc(dict(trial.params))}
@@ -535,7 +536,8 @@ def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
         "Every dimension is fixed: `cnnsearch run --config FILE` trains these parameters again, in the new",
         "study named below (the original study keeps its space).",
     )
-    comments = {"run.n_trials": "One trial: every dimension is fixed."}
+    comments = {"run.n_trials": "One trial: every dimension is fixed.",
+                "run.pruner": "Every fold trains, whatever it scores: the rerun measures this configuration."}
     for table, (parent, value) in CONDITIONS.items():
         if table not in doc["space"]:
             comments[f"space.{parent}"] = (f"({', '.join(s.name for s in DIMS if s.parent == (parent, value))} "

@@ -84,7 +84,8 @@ def test_run_from_a_file_stores_its_space_and_refuses_a_changed_one(runner: CliR
 
 def test_best_round_trip_reruns_the_same_parameters(runner: CliRunner, in_tmp: Path) -> None:
     # sgd and the fc head, so that the conditional parameters appear under [space.sgd] and [space.fc].
-    args = ["run", "--study", "t", "-n", "2", *TINY, "--optimizer", "sgd", "--head", "fc", "--lr", "1e-3:1e-1"]
+    args = ["run", "--study", "t", "-n", "2", *TINY, "--optimizer", "sgd", "--head", "fc", "--lr", "1e-3:1e-1",
+            "--pruner", "none"]  # one epoch may end at chance: the trials must finish to have a best
     assert runner.invoke(app, args).exit_code == 0
     best_trial = load("t").best_trial
     result = runner.invoke(app, ["best", "--study", "t"])
@@ -92,6 +93,7 @@ def test_best_round_trip_reruns_the_same_parameters(runner: CliRunner, in_tmp: P
     doc = tomllib.loads(result.stdout)
     assert doc["run"]["study"] == "t-best" and doc["run"]["n_trials"] == 1
     assert doc["run"]["epochs"] == 1 and doc["run"]["folds"] == 2 and doc["run"]["max_samples"] == 200
+    assert doc["run"]["pruner"] == "none"  # the rerun trains every fold of the one configuration
     assert doc["space"]["sgd"] == {"momentum": best_trial.params["momentum"]}
     assert doc["space"]["fc"] == {"hidden": best_trial.params["hidden"]}
     assert f"Best trial {best_trial.number} of study 't'" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import optuna
 from typer.testing import CliRunner
 
@@ -127,3 +128,24 @@ def test_timeout_stops_starting_trials(runner: CliRunner) -> None:
     assert "Stopped at --timeout 0.01 s with 1 of 5 trials finished" in " ".join(result.stdout.split())
     bad = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0"])
     assert bad.exit_code == 2 and "--timeout must be a positive number of seconds but got 0" in bad.stderr
+
+
+def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path: Path) -> None:
+    # Noise images with labels drawn independently of them: no model can beat chance on the validation part.
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "noise.npz"
+    np.savez(npz, x=rng.integers(0, 256, (300, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, 300))
+    args = ["run", "-n", "2", "--dataset", f"npz:{npz}", "--folds", "3", "--epochs", "2", "--threads", "1"]
+    result = runner.invoke(app, [*args, "--study", "t"])
+    assert result.exit_code == 0, result.output
+    for t in load().get_trials():
+        assert t.state == optuna.trial.TrialState.PRUNED, (t.number, t.state, t.user_attrs.get("fold_scores"))
+        assert t.user_attrs["pruned_at"] == {"fold": 0, "epoch": 1}  # the end of the first fold, not later
+        chance = t.user_attrs["at_chance"]
+        assert chance["fold"] == 0 and chance["accuracy"] <= chance["floor"] < 0.5
+        assert sorted(t.intermediate_values) == [0, 1]  # the other folds never trained
+    # --pruner none trains every fold, whatever it scores.
+    assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
+    for t in load("n").get_trials():
+        assert t.state == optuna.trial.TrialState.COMPLETE and "at_chance" not in t.user_attrs
+        assert len(t.user_attrs["fold_scores"]) == 3

@@ -130,7 +130,7 @@ def test_use_packing() -> None:
 
 
 def test_cli_pack_folds_on_gives_the_same_scores(runner: CliRunner) -> None:
-    args = ["run", "-n", "2", *TINY, "--seed", "3", "--threads", "1"]
+    args = ["run", "-n", "2", *TINY, "--seed", "3", "--threads", "1", "--pruner", "none"]  # every fold, to compare
     assert runner.invoke(app, [*args, "--study", "seq", "--pack-folds", "off"]).exit_code == 0
     result = runner.invoke(app, [*args, "--study", "packed", "--pack-folds", "on"])
     assert result.exit_code == 0, result.output
