@@ -99,17 +99,34 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
     best = study.best_value if any(t.value is not None for t in study.trials) else None
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(study.trials)))
-    return {"best": best, "trained": trained}
+    return {"best": best, "trained": trained, **saved(study.trials, folds * epochs)}
+
+
+def saved(trials: list[Any], per_trial: int) -> dict[str, int]:
+    """Fold-epochs of the budget that the pruner, the chance floor and the divergence stops left untrained."""
+    out = {"pruned_saved": 0, "chance_saved": 0, "diverged_saved": 0, "diverged": 0}
+    for t in trials:
+        if t.state.name != "PRUNED":
+            continue
+        if t.user_attrs.get("diverged"):  # its last report is the 0.0 of the stop, not a trained fold-epoch
+            out["diverged_saved"] += per_trial - (len(t.intermediate_values) - 1)
+            out["diverged"] += 1
+        elif t.user_attrs.get("at_chance"):  # cnnsearch: a fold ended no better than chance
+            out["chance_saved"] += per_trial - len(t.intermediate_values)
+        else:
+            out["pruned_saved"] += per_trial - len(t.intermediate_values)
+    return out
 
 
 def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
     """Each trial's params, state, fold-epochs reported and seconds, for a look at where the time went."""
-    return [{"number": t.number, "state": t.state.name, "params": t.params, "steps": len(t.intermediate_values),
+    return [{"number": t.number, "state": t.state.name, "diverged": bool(t.user_attrs.get("diverged")),
+             "params": t.params, "steps": len(t.intermediate_values),
              "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
              if t.datetime_complete and t.datetime_start else None, "value": t.value} for t in trials]
 
 
-def cnnsearch_result(db: Path, study: str, dump: str | None = None) -> dict[str, Any]:
+def cnnsearch_result(db: Path, study: str, per_trial: int, dump: str | None = None) -> dict[str, Any]:
     """Best CV accuracy and fold-epochs trained, read back from the study cnnsearch wrote; with ``dump``, its
     trials are written there too."""
     import optuna
@@ -120,7 +137,7 @@ def cnnsearch_result(db: Path, study: str, dump: str | None = None) -> dict[str,
     trained = sum(len(t.intermediate_values) - (1 if t.user_attrs.get("diverged") else 0) for t in s.trials)
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(s.trials)))
-    return {"best": max(completed) if completed else None, "trained": trained}
+    return {"best": max(completed) if completed else None, "trained": trained, **saved(s.trials, per_trial)}
 
 
 def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> float:
@@ -190,6 +207,7 @@ def main() -> None:
                 if side == "cnnsearch":
                     times[side].append(run_cnnsearch(spec, args, budget, Path(tmp), r))
                     results[side].append(cnnsearch_result(Path(tmp) / f"bench{r}.db", f"bench{r}",
+                                                          args.folds * args.epochs,
                                                           f"{args.dump}-cnnsearch-{r}.json" if args.dump else None))
                 else:
                     t0 = time.perf_counter()
@@ -221,6 +239,13 @@ def main() -> None:
     print(f"\nPer round (same seed on both sides): cnnsearch {' '.join(f'{x:.2f}x' for x in paired)} faster "
           f"(median {median(paired):.2f}x); best accuracy {' '.join(f'{g:+.2f}' for g in gaps)} points "
           f"(median {median(gaps):+.2f}).")
+    print("Fold-epochs left untrained (median over rounds): "
+          + "; ".join(f"{name} {median([r['pruned_saved'] for r in results[name]]):.0f} by the pruner, "
+                      f"{median([r['chance_saved'] for r in results[name]]):.0f} by the chance floor, "
+                      f"{median([r['diverged_saved'] for r in results[name]]):.0f} by divergence stops "
+                      f"({median([r['diverged'] for r in results[name]]):.0f} trials)"
+                      for name in ("reference", "cnnsearch"))
+          + ". The reference has neither a chance floor nor a divergence stop.")
 
 
 if __name__ == "__main__":
