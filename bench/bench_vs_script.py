@@ -133,11 +133,12 @@ def cnnsearch_result(db: Path, study: str, per_trial: int, dump: str | None = No
 
     s = optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
     completed = [t.value for t in s.trials if t.value is not None and t.state.name == "COMPLETE"]
+    left = saved(s.trials, per_trial)
     # Each reported step is one trained fold-epoch, except the 0.0 a diverged trial reports when it stops.
-    trained = sum(len(t.intermediate_values) - (1 if t.user_attrs.get("diverged") else 0) for t in s.trials)
+    trained = sum(len(t.intermediate_values) for t in s.trials) - left["diverged"]
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(s.trials)))
-    return {"best": max(completed) if completed else None, "trained": trained, **saved(s.trials, per_trial)}
+    return {"best": max(completed) if completed else None, "trained": trained, **left}
 
 
 def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> float:
@@ -239,12 +240,14 @@ def main() -> None:
     print(f"\nPer round (same seed on both sides): cnnsearch {' '.join(f'{x:.2f}x' for x in paired)} faster "
           f"(median {median(paired):.2f}x); best accuracy {' '.join(f'{g:+.2f}' for g in gaps)} points "
           f"(median {median(gaps):+.2f}).")
+
+    def mid(name: str, key: str) -> float:
+        return median([r[key] for r in results[name]])
+
     print("Fold-epochs left untrained (median over rounds): "
-          + "; ".join(f"{name} {median([r['pruned_saved'] for r in results[name]]):.0f} by the pruner, "
-                      f"{median([r['chance_saved'] for r in results[name]]):.0f} by the chance floor, "
-                      f"{median([r['diverged_saved'] for r in results[name]]):.0f} by divergence stops "
-                      f"({median([r['diverged'] for r in results[name]]):.0f} trials)"
-                      for name in ("reference", "cnnsearch"))
+          + "; ".join(f"{name} {mid(name, 'pruned_saved'):.0f} by the pruner, {mid(name, 'chance_saved'):.0f} by "
+                      f"the chance floor, {mid(name, 'diverged_saved'):.0f} by divergence stops "
+                      f"({mid(name, 'diverged'):.0f} trials)" for name in ("reference", "cnnsearch"))
           + ". The reference has neither a chance floor nor a divergence stop.")
 
 
