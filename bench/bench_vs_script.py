@@ -103,8 +103,9 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
 
 
 def saved(trials: list[Any], per_trial: int) -> dict[str, int]:
-    """Fold-epochs of the budget that the pruner, the chance floor and the divergence stops left untrained."""
-    out = {"pruned_saved": 0, "chance_saved": 0, "diverged_saved": 0, "diverged": 0}
+    """Fold-epochs of the budget that the pruner, the chance floor, the behind-the-best check and the divergence
+    stops left untrained."""
+    out = {"pruned_saved": 0, "chance_saved": 0, "behind_saved": 0, "diverged_saved": 0, "diverged": 0}
     for t in trials:
         if t.state.name != "PRUNED":
             continue
@@ -113,6 +114,8 @@ def saved(trials: list[Any], per_trial: int) -> dict[str, int]:
             out["diverged"] += 1
         elif t.user_attrs.get("at_chance"):  # cnnsearch: a fold ended no better than chance
             out["chance_saved"] += per_trial - len(t.intermediate_values)
+        elif t.user_attrs.get("behind_best"):  # cnnsearch: clearly behind the best trial on the same folds
+            out["behind_saved"] += per_trial - len(t.intermediate_values)
         else:
             out["pruned_saved"] += per_trial - len(t.intermediate_values)
     return out
@@ -121,6 +124,9 @@ def saved(trials: list[Any], per_trial: int) -> dict[str, int]:
 def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
     """Each trial's params, state, fold-epochs reported and seconds, for a look at where the time went."""
     return [{"number": t.number, "state": t.state.name, "diverged": bool(t.user_attrs.get("diverged")),
+             "stopped_by": ("chance" if t.user_attrs.get("at_chance") else
+                            "behind_best" if t.user_attrs.get("behind_best") else None),
+             "fold_scores": t.user_attrs.get("fold_scores"),
              "params": t.params, "steps": len(t.intermediate_values),
              "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
              if t.datetime_complete and t.datetime_start else None, "value": t.value} for t in trials]
@@ -246,9 +252,10 @@ def main() -> None:
 
     print("Fold-epochs left untrained (median over rounds): "
           + "; ".join(f"{name} {mid(name, 'pruned_saved'):.0f} by the pruner, {mid(name, 'chance_saved'):.0f} by "
-                      f"the chance floor, {mid(name, 'diverged_saved'):.0f} by divergence stops "
-                      f"({mid(name, 'diverged'):.0f} trials)" for name in ("reference", "cnnsearch"))
-          + ". The reference has neither a chance floor nor a divergence stop.")
+                      f"the chance floor, {mid(name, 'behind_saved'):.0f} behind the best, "
+                      f"{mid(name, 'diverged_saved'):.0f} by divergence stops ({mid(name, 'diverged'):.0f} trials)"
+                      for name in ("reference", "cnnsearch"))
+          + ". The reference has no chance floor, behind-the-best check or divergence stop.")
 
 
 if __name__ == "__main__":

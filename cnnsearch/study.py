@@ -382,6 +382,33 @@ def chance_floor(y_val: torch.Tensor) -> float:
     return share + 3 * math.sqrt(share * (1 - share) / max(1, len(y_val)))
 
 
+def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int) -> dict[str, Any] | None:
+    """Whether a trial whose first folds scored ``seen`` is clearly behind the best finished trial on the same folds.
+
+    Clearly behind means more than two standard errors lower, the standard error being that of the difference of
+    two accuracies over the validation images of those folds (``sizes`` per fold), at the best trial's accuracy.
+    The rest of the folds would then have to lift the trial's mean by more than noise to win, and folds of one
+    configuration score alike. Returns the evidence (for the trial's ``behind_best`` attribute), or None when
+    the trial may still win or no trial has finished all ``folds`` folds.
+    """
+    try:
+        best = study.best_trial
+    except ValueError:  # nothing finished yet
+        return None
+    theirs = best.user_attrs.get("fold_scores")
+    if not isinstance(theirs, list) or len(theirs) != folds:
+        return None
+    m = len(seen)
+    n = sum(sizes[:m])
+    mine = sum(a * k for a, k in zip(seen, sizes[:m], strict=True)) / n
+    ref = sum(a * k for a, k in zip(theirs[:m], sizes[:m], strict=True)) / n
+    p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
+    margin = 2 * math.sqrt(2 * p * (1 - p) / n)
+    if mine >= ref - margin:
+        return None
+    return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin}
+
+
 def trial_seed(study_seed: int, number: int, fold: int) -> int:
     """A seed per (trial, fold), the same whichever worker runs it."""
     return (study_seed * 1_000_003 + number * 1_009 + fold) % (2**31)
@@ -419,6 +446,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
     norms = [normalisation(data.x[tr]) for tr, _ in folds]
     floors = [chance_floor(y_va) for _, _, _, y_va in fold_data] if run.pruner != "none" else []
+    sizes = [len(y_va) for _, _, _, y_va in fold_data]
 
     def origin_of(trial: optuna.Trial) -> int:
         """The number of the first trial in a retry chain; it seeds the folds."""
@@ -436,7 +464,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             trial.set_user_attr(key, value)
         if origin != trial.number:
             trial.set_user_attr("retry_of", origin)
-        for key in ("pruned_at", "at_chance", "diverged", "interrupted"):  # outcomes of the dead trial, not this one
+        for key in ("pruned_at", "at_chance", "behind_best", "diverged", "interrupted"):  # the dead trial's outcomes
             if inherited.get(key):
                 trial.set_user_attr(key, None)
         emit(TrialStarted(trial.number, params.to_dict()))
@@ -450,22 +478,32 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             trial.set_user_attr("reused_folds", len(reused))
             trial.set_user_attr("seconds_saved", sum(seconds))
         seeds = [trial_seed(run.seed, origin, fold) for fold in range(run.folds)]
+        # Packed training (below) ends all folds at once, so there is nothing to save at a fold's end.
+        packed = pack and params.augment == "none" and not reused
 
         def on_epoch(fold: int, epoch: int, acc: float) -> None:
             with interrupts.deferred():
                 trial.report(acc, fold * run.epochs + epoch)
                 emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-                # A fold that ends no better than always answering the commonest class will not be rescued by
-                # the others: the trial stops there, whatever the pruner makes of the other trials.
-                at_chance = bool(floors) and epoch == run.epochs - 1 and fold < run.folds - 1 and acc <= floors[fold]
-                prune = at_chance or trial.should_prune()
+                # At the end of a fold but the last, two checks the pruner does not make. A fold no better than
+                # always answering the commonest class will not be rescued by the others. And a trial clearly
+                # behind the best finished trial on the same folds would need its remaining folds to beat that
+                # trial's by more than noise: the median pruner lets such trials finish, once most trials are good.
+                fold_end = bool(floors) and epoch == run.epochs - 1 and fold < run.folds - 1
+                at_chance = fold_end and acc <= floors[fold]
+                behind = (behind_best(trial.study, [*scores, acc], sizes, run.folds)
+                          if fold_end and not at_chance and not packed and len(scores) == fold else None)
+                prune = at_chance or behind is not None or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
                 if at_chance:
                     trial.set_user_attr("at_chance", {"fold": fold, "accuracy": acc, "floor": floors[fold]})
+                if behind is not None:
+                    trial.set_user_attr("behind_best", behind)
             if prune:
-                raise optuna.TrialPruned(f"{'no better than chance' if at_chance else 'pruned'} at fold {fold}, "
-                                         f"epoch {epoch}")
+                why = ("no better than chance" if at_chance else
+                       f"behind trial {behind['best_trial']}" if behind is not None else "pruned")
+                raise optuna.TrialPruned(f"{why} at fold {fold}, epoch {epoch}")
             if fold == 0 and epoch == 0:
                 interrupts.pause_point("training", trial=trial.number)
 
@@ -483,7 +521,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
 
         try:
             # Packed training neither augments nor resumes part-way: such trials train fold by fold.
-            if pack and params.augment == "none" and not reused:
+            if packed:
                 started = time.perf_counter()
                 with interrupts.interruptible():
                     results = train_folds_packed(params, data.x, data.y, folds, n_classes=data.n_classes,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import optuna
+import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
+from cnnsearch.study import behind_best
 from tests.conftest import TINY
 
 
@@ -128,6 +131,52 @@ def test_timeout_stops_starting_trials(runner: CliRunner) -> None:
     assert "Stopped at --timeout 0.01 s with 1 of 5 trials finished" in " ".join(result.stdout.split())
     bad = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0"])
     assert bad.exit_code == 2 and "--timeout must be a positive number of seconds but got 0" in bad.stderr
+
+
+def test_behind_best_compares_the_same_folds_against_two_standard_errors(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", direction="maximize")
+    sizes = [500, 500, 500]
+    assert behind_best(study, [0.10], sizes, 3) is None  # nothing finished: nothing to be behind
+    for value, scores in ((0.95, [0.95, 0.95, 0.95]), (0.98, [0.99, 0.97, 0.98])):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"fold_scores": scores}))
+    margin = 2 * math.sqrt(2 * 0.99 * 0.01 / 500)  # at the best trial's fold-0 accuracy, over fold 0's images
+    assert behind_best(study, [0.99 - margin + 1e-6], sizes, 3) is None  # within noise of the best: may still win
+    evidence = behind_best(study, [0.99 - margin - 1e-6], sizes, 3)
+    assert evidence is not None and evidence["best_trial"] == 1 and evidence["folds"] == 1
+    assert evidence["best_accuracy"] == 0.99 and evidence["margin"] == pytest.approx(margin)
+    # After two folds: the best trial's mean over the same two folds (0.98), and a margin over twice the images.
+    two = 2 * math.sqrt(2 * 0.98 * 0.02 / 1000)
+    assert behind_best(study, [1.0, 0.96 - 2 * two + 1e-6], sizes, 3) is None  # mean (1 + x) / 2 vs 0.98 - two
+    evidence = behind_best(study, [1.0, 0.96 - 2 * two - 1e-6], sizes, 3)
+    assert evidence is not None and evidence["best_accuracy"] == pytest.approx(0.98)
+    # A best trial without all its fold scores (e.g. from a study with other folds) is no reference.
+    study.add_trial(optuna.trial.create_trial(value=0.999, user_attrs={"fold_scores": [0.999, 0.999]}))
+    assert behind_best(study, [0.5], sizes, 3) is None
+
+
+def test_a_trial_clearly_behind_the_best_stops_at_the_end_of_a_fold(runner: CliRunner) -> None:
+    # Seed 0 on this budget: the starting point learns, and later draws fall far behind it on fold 0.
+    args = ["run", "-n", "4", "--epochs", "2", "--folds", "3", "--max-samples", "600", "--workers", "1",
+            "--threads", "1", "--seed", "0"]
+    result = runner.invoke(app, [*args, "--study", "t"])
+    assert result.exit_code == 0, result.output
+    trials = {t.number: t for t in load().get_trials()}
+    behind = [t for t in trials.values() if t.user_attrs.get("behind_best")]
+    assert behind, [(t.number, t.state, t.user_attrs.get("fold_scores")) for t in trials.values()]
+    for t in behind:
+        ev = t.user_attrs["behind_best"]
+        best = trials[ev["best_trial"]]
+        assert t.state == optuna.trial.TrialState.PRUNED and best.state == optuna.trial.TrialState.COMPLETE
+        assert best.number < t.number and ev["accuracy"] < ev["best_accuracy"] - ev["margin"]
+        assert ev["best_accuracy"] == pytest.approx(np.mean(best.user_attrs["fold_scores"][:ev["folds"]]), abs=0.01)
+        last = ev["folds"] * 2 - 1  # the last epoch of the fold where it stopped: the next fold never trained
+        assert t.user_attrs["pruned_at"] == {"fold": ev["folds"] - 1, "epoch": 1}
+        assert max(t.intermediate_values) == last
+        assert len(t.user_attrs.get("fold_scores", [])) == ev["folds"] - 1
+    # --pruner none: every trial trains all its folds.
+    assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
+    for t in load("n").get_trials():
+        assert t.state == optuna.trial.TrialState.COMPLETE and "behind_best" not in t.user_attrs
 
 
 def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path: Path) -> None:
