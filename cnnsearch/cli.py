@@ -141,7 +141,9 @@ def run(
     epochs: Annotated[int | None, typer.Option(min=1, help=f"Training epochs per fold. {_default('epochs')}")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Seed for the sampler, the data split and training. "
                                                          f"{_default('seed')}")] = None,
-    pruner: Annotated[Pruner | None, typer.Option(help="Stop hopeless trials early: median, hyperband or none. "
+    pruner: Annotated[Pruner | None, typer.Option(help="Stop hopeless trials early: median, hyperband or none "
+                                                       "(none also lets trials at chance or behind the best "
+                                                       "train every fold). "
                                                        f"{_default('pruner')}")] = None,
     dataset: Annotated[str | None, typer.Option(
         help="Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "
