@@ -33,6 +33,20 @@ def fmt_acc(mean: float | None, std: float | None = None) -> str:
     return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
+def stop_note(row: TrialRow) -> str:
+    """Why a PRUNED trial stopped, where its attributes say: at chance, behind the best trial, or the pruner."""
+    if row.status != "PRUNED":
+        return ""
+    a = row.attrs
+    if isinstance(chance := a.get("at_chance"), dict):
+        return f"at chance @ fold {chance.get('fold')}"
+    if isinstance(behind := a.get("behind_best"), dict):
+        return f"behind #{behind.get('best_trial')} @ fold {int(behind.get('folds', 1)) - 1}"
+    if isinstance(where := a.get("pruned_at"), dict):
+        return f"pruned @ fold {where.get('fold')} epoch {where.get('epoch')}"
+    return ""
+
+
 def trial_line(row: TrialRow) -> str:
     """One line per finished trial, with Rich markup."""
     style = STATUS_STYLE.get(row.status, "white")
@@ -42,6 +56,8 @@ def trial_line(row: TrialRow) -> str:
         a = row.attrs
         extra = (f" [red]{a.get('diverged_kind')} at fold {a.get('diverged_fold')} epoch "
                  f"{a.get('diverged_epoch')} step {a.get('diverged_step')} (lr {fmt_value(a.get('diverged_lr'))})[/]")
+    if note := stop_note(row):
+        extra += f" [yellow]{note}[/]"
     if row.l2_dominates:
         extra += " [magenta]L2 dominates[/]"
     acc = fmt_acc(row.cv_mean, row.cv_std) if row.status == "COMPLETE" else fmt_acc(row.cv_mean)
@@ -63,6 +79,8 @@ def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: i
         if row.status == "DIVERGED":
             notes.append(f"{row.attrs.get('diverged_kind')} @ fold {row.attrs.get('diverged_fold')} "
                          f"epoch {row.attrs.get('diverged_epoch')}")
+        if note := stop_note(row):
+            notes.append(note)
         if row.l2_dominates:
             notes.append("L2 dominates")
         ratio = row.attrs.get("l2_ratio")

@@ -173,6 +173,12 @@ def test_a_trial_clearly_behind_the_best_stops_at_the_end_of_a_fold(runner: CliR
         assert t.user_attrs["pruned_at"] == {"fold": ev["folds"] - 1, "epoch": 1}
         assert max(t.intermediate_values) == last
         assert len(t.user_attrs.get("fold_scores", [])) == ev["folds"] - 1
+    # show says why each of them stopped.
+    shown = runner.invoke(app, ["show", "--study", "t"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    for t in behind:
+        ev = t.user_attrs["behind_best"]
+        assert f"behind #{ev['best_trial']} @ fold {ev['folds'] - 1}" in shown.stdout, shown.stdout
     # --pruner none: every trial trains all its folds.
     assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
     for t in load("n").get_trials():
@@ -193,6 +199,7 @@ def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path:
         chance = t.user_attrs["at_chance"]
         assert chance["fold"] == 0 and chance["accuracy"] <= chance["floor"] < 0.5
         assert sorted(t.intermediate_values) == [0, 1]  # the other folds never trained
+    assert "at chance @ fold 0" in runner.invoke(app, ["show", "--study", "t"], env={"COLUMNS": "250"}).stdout
     # --pruner none trains every fold, whatever it scores.
     assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
     for t in load("n").get_trials():
