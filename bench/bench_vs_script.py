@@ -102,30 +102,34 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
     return {"best": best, "trained": trained, **saved(study.trials, folds * epochs)}
 
 
+def stopped_by(t: Any) -> str | None:
+    """What stopped a PRUNED trial: ``diverged``, ``chance`` (cnnsearch: a fold ended no better than chance),
+    ``behind`` (cnnsearch: clearly behind the best trial on the same folds) or ``pruned`` (the pruner)."""
+    if t.state.name != "PRUNED":
+        return None
+    for attr, name in (("diverged", "diverged"), ("at_chance", "chance"), ("behind_best", "behind")):
+        if t.user_attrs.get(attr):
+            return name
+    return "pruned"
+
+
 def saved(trials: list[Any], per_trial: int) -> dict[str, int]:
     """Fold-epochs of the budget that the pruner, the chance floor, the behind-the-best check and the divergence
     stops left untrained."""
     out = {"pruned_saved": 0, "chance_saved": 0, "behind_saved": 0, "diverged_saved": 0, "diverged": 0}
     for t in trials:
-        if t.state.name != "PRUNED":
+        if (by := stopped_by(t)) is None:
             continue
-        if t.user_attrs.get("diverged"):  # its last report is the 0.0 of the stop, not a trained fold-epoch
-            out["diverged_saved"] += per_trial - (len(t.intermediate_values) - 1)
-            out["diverged"] += 1
-        elif t.user_attrs.get("at_chance"):  # cnnsearch: a fold ended no better than chance
-            out["chance_saved"] += per_trial - len(t.intermediate_values)
-        elif t.user_attrs.get("behind_best"):  # cnnsearch: clearly behind the best trial on the same folds
-            out["behind_saved"] += per_trial - len(t.intermediate_values)
-        else:
-            out["pruned_saved"] += per_trial - len(t.intermediate_values)
+        # A diverged trial's last report is the 0.0 of the stop, not a trained fold-epoch.
+        out[f"{by}_saved"] += per_trial - (len(t.intermediate_values) - (by == "diverged"))
+        out["diverged"] += by == "diverged"
     return out
 
 
 def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
     """Each trial's params, state, fold-epochs reported and seconds, for a look at where the time went."""
     return [{"number": t.number, "state": t.state.name, "diverged": bool(t.user_attrs.get("diverged")),
-             "stopped_by": ("chance" if t.user_attrs.get("at_chance") else
-                            "behind_best" if t.user_attrs.get("behind_best") else None),
+             "stopped_by": stopped_by(t),
              "fold_scores": t.user_attrs.get("fold_scores"),
              "params": t.params, "steps": len(t.intermediate_values),
              "seconds": (t.datetime_complete - t.datetime_start).total_seconds()

@@ -489,7 +489,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                 # always answering the commonest class will not be rescued by the others. And a trial clearly
                 # behind the best finished trial on the same folds would need its remaining folds to beat that
                 # trial's by more than noise: the median pruner lets such trials finish, once most trials are good.
-                fold_end = bool(floors) and epoch == run.epochs - 1 and fold < run.folds - 1
+                fold_end = run.pruner != "none" and epoch == run.epochs - 1 and fold < run.folds - 1
                 at_chance = fold_end and acc <= floors[fold]
                 behind = (behind_best(trial.study, [*scores, acc], sizes, run.folds)
                           if fold_end and not at_chance and not packed and len(scores) == fold else None)
