@@ -145,6 +145,10 @@ def run(
                                                        "(none also lets trials at chance or behind the best "
                                                        "train every fold). "
                                                        f"{_default('pruner')}")] = None,
+    behind_margin: Annotated[float | None, typer.Option(
+        help="At the end of a fold, stop a trial whose mean accuracy so far is more than this many standard "
+             "errors below the best finished trial's on the same folds; inf turns this check off. "
+             f"{_default('behind_margin')}")] = None,
     dataset: Annotated[str | None, typer.Option(
         help="Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "
              "cifar10 or cifar100 (torchvision, in --data-dir); folder:PATH (one subfolder of images per class); "
@@ -223,7 +227,8 @@ def run(
                    "augment": augment}
     run_given: dict[str, Any] = {
                  "study": study, "storage": storage, "n_trials": n_trials, "folds": folds, "epochs": epochs,
-                 "seed": seed, "pruner": pruner.value if pruner else None, "dataset": dataset, "explode": explode,
+                 "seed": seed, "pruner": pruner.value if pruner else None,
+                 "behind_margin": behind_margin, "dataset": dataset, "explode": explode,
                  "test_fraction": test_fraction, "max_samples": max_samples, "threads": threads,
                  "timeout": timeout,
                  "allow_deep": allow_deep or None, "data_dir": data_dir, "download": download or None,

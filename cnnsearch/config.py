@@ -277,6 +277,7 @@ class RunSettings:
     epochs: int = 15  # epochs per fold
     seed: int = 0  # seeds the sampler, the data split, weight init and batch order
     pruner: PrunerName = "median"
+    behind_margin: float = 2.0  # standard errors behind the best trial at a fold's end that stop a trial; inf: off
     dataset: str = "digits"
     explode: float = 100.0  # diverged when loss > explode x the fold's first-step loss
     test_fraction: float = 0.2  # held out for the final retrain; never seen by the search
@@ -300,6 +301,7 @@ class RunSettings:
             ("--epochs", self.epochs >= 1, "at least 1"),
             ("--seed", self.seed >= 0, "0 or more"),
             ("--explode", self.explode > 1, "greater than 1"),
+            ("--behind-margin", self.behind_margin > 0, "a positive number of standard errors (inf: off)"),
             ("--test-fraction", 0 <= self.test_fraction < 1, "in [0, 1)"),
         ]
         for label, ok, allowed in checks:

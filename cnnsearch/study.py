@@ -382,10 +382,11 @@ def chance_floor(y_val: torch.Tensor) -> float:
     return share + 3 * math.sqrt(share * (1 - share) / max(1, len(y_val)))
 
 
-def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int) -> dict[str, Any] | None:
+def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int,
+                z: float = 2.0) -> dict[str, Any] | None:
     """Whether a trial whose first folds scored ``seen`` is clearly behind the best finished trial on the same folds.
 
-    Clearly behind means more than two standard errors lower, the standard error being that of the difference of
+    Clearly behind means more than ``z`` standard errors lower, the standard error being that of the difference of
     two accuracies over the validation images of those folds (``sizes`` per fold), at the best trial's accuracy.
     The rest of the folds would then have to lift the trial's mean by more than noise to win, and folds of one
     configuration score alike. Returns the evidence (for the trial's ``behind_best`` attribute), or None when
@@ -403,7 +404,7 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
     mine = sum(a * k for a, k in zip(seen, sizes[:m], strict=True)) / n
     ref = sum(a * k for a, k in zip(theirs[:m], sizes[:m], strict=True)) / n
     p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
-    margin = 2 * math.sqrt(2 * p * (1 - p) / n)
+    margin = z * math.sqrt(2 * p * (1 - p) / n)
     if mine >= ref - margin:
         return None
     return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin}
@@ -491,8 +492,9 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                 # trial's by more than noise: the median pruner lets such trials finish, once most trials are good.
                 fold_end = run.pruner != "none" and epoch == run.epochs - 1 and fold < run.folds - 1
                 at_chance = fold_end and acc <= floors[fold]
-                behind = (behind_best(trial.study, [*scores, acc], sizes, run.folds)
-                          if fold_end and not at_chance and not packed and len(scores) == fold else None)
+                behind = (behind_best(trial.study, [*scores, acc], sizes, run.folds, run.behind_margin)
+                          if fold_end and not at_chance and not packed and len(scores) == fold
+                          and math.isfinite(run.behind_margin) else None)
                 prune = at_chance or behind is not None or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})

@@ -133,7 +133,7 @@ def test_timeout_stops_starting_trials(runner: CliRunner) -> None:
     assert bad.exit_code == 2 and "--timeout must be a positive number of seconds but got 0" in bad.stderr
 
 
-def test_behind_best_compares_the_same_folds_against_two_standard_errors(tmp_path: Path) -> None:
+def test_behind_best_compares_the_same_folds_against_z_standard_errors(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", direction="maximize")
     sizes = [500, 500, 500]
     assert behind_best(study, [0.10], sizes, 3) is None  # nothing finished: nothing to be behind
@@ -149,6 +149,11 @@ def test_behind_best_compares_the_same_folds_against_two_standard_errors(tmp_pat
     assert behind_best(study, [1.0, 0.96 - 2 * two + 1e-6], sizes, 3) is None  # mean (1 + x) / 2 vs 0.98 - two
     evidence = behind_best(study, [1.0, 0.96 - 2 * two - 1e-6], sizes, 3)
     assert evidence is not None and evidence["best_accuracy"] == pytest.approx(0.98)
+    # z sets the margin in standard errors (--behind-margin): 0.99 - 1.5 margins is behind at z=2, not at z=3.
+    assert behind_best(study, [0.99 - 1.5 * margin], sizes, 3) is not None
+    assert behind_best(study, [0.99 - 1.5 * margin], sizes, 3, z=3) is None
+    evidence = behind_best(study, [0.99 - 1.5 * margin - 1e-6], sizes, 3, z=1.5)
+    assert evidence is not None and evidence["margin"] == pytest.approx(0.75 * margin)
     # A best trial without all its fold scores (e.g. from a study with other folds) is no reference.
     study.add_trial(optuna.trial.create_trial(value=0.999, user_attrs={"fold_scores": [0.999, 0.999]}))
     assert behind_best(study, [0.5], sizes, 3) is None
@@ -183,6 +188,14 @@ def test_a_trial_clearly_behind_the_best_stops_at_the_end_of_a_fold(runner: CliR
     assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
     for t in load("n").get_trials():
         assert t.state == optuna.trial.TrialState.COMPLETE and "behind_best" not in t.user_attrs
+    # --behind-margin inf turns only this check off: the first trial it stopped above draws the same
+    # configuration (the same history before it) and now trains past the fold where it stopped.
+    assert runner.invoke(app, [*args, "--study", "i", "--behind-margin", "inf"]).exit_code == 0
+    first = min(behind, key=lambda t: t.number)
+    again = {t.number: t for t in load("i").get_trials()}[first.number]
+    assert again.params == first.params and "behind_best" not in again.user_attrs
+    assert max(again.intermediate_values) > max(first.intermediate_values)
+    assert all("behind_best" not in t.user_attrs for t in load("i").get_trials())
 
 
 def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path: Path) -> None:

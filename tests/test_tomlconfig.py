@@ -64,6 +64,7 @@ folds = 4
 epochs = 7
 pruner = "none"
 explode = 50
+behind_margin = inf
 
 [space]
 lr = "1e-3:1e-1"
@@ -82,6 +83,7 @@ hidden = "32:128"
     run = config.run
     assert (run.study, run.folds, run.epochs, run.pruner, run.n_trials) == ("mine", 4, 2, "none", 20)
     assert run.explode == 50.0 and isinstance(run.explode, float)
+    assert run.behind_margin == math.inf  # TOML's inf: the behind-the-best check off
     space = config.space
     assert space["lr"] == parse_dim("lr", "1e-3:1e-1")
     assert space["batch_size"].fixed == 64  # the option beats the file's [16, 32]
@@ -181,6 +183,8 @@ def test_wrong_types_name_key_value_and_expected(tmp_path: Path, text: str, word
         ('[space]\noptimizer = ["adam", "lion"]\n', ["space.optimizer", "'lion'", "adam, sgd"]),
         ("[run]\nfolds = 1\n", ["run.folds in", "must be at least 2 but got 1"]),
         ('[run]\npruner = "asha"\n', ["run.pruner in", "unknown pruner 'asha'"]),
+        ("[run]\nbehind_margin = 0\n", ["run.behind_margin in", "positive number of standard errors", "got 0.0"]),
+        ("[run]\nbehind_margin = nan\n", ["run.behind_margin in", "(inf: off)", "got nan"]),
         ('[run]\nstudy = "a/b"\n', ["run.study in", "'a/b'"]),
     ],
 )
