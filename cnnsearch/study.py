@@ -604,7 +604,7 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
 
     With ``data``, its :meth:`~cnnsearch.data.Dataset.record` (content, shape and the exact split) is part of
     the fixed settings, so a resume on changed images or another split is refused. Also records the target and
-    pruner (:data:`RUN_ATTR`) for ``cnnsearch worker``.
+    pruner settings (:data:`RUN_ATTR`) for ``cnnsearch worker``.
     """
     import optuna
 
@@ -632,7 +632,7 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     while stored is None and not created and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
         time.sleep(0.1)
         stored = study.user_attrs.get(SETTINGS_ATTR)
-    run_attrs = {"n_trials": run.n_trials, "pruner": run.pruner}
+    run_attrs = {"n_trials": run.n_trials, "pruner": run.pruner, "behind_margin": run.behind_margin}
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
         study.set_user_attr(RUN_ATTR, run_attrs)
@@ -679,7 +679,7 @@ def stored_config(name: str, url: str) -> Config:
                              f"{SETTINGS_ATTR!r} and {RUN_ATTR!r} study attributes)")
     fixed = {k: settings[k] for k in FIXED_SETTINGS if k in settings}
     run = RunSettings(study=name, storage=url, n_trials=int(run_attrs["n_trials"]), pruner=run_attrs["pruner"],
-                      **fixed)
+                      behind_margin=float(run_attrs.get("behind_margin", RunSettings.behind_margin)), **fixed)
     return Config(run=run, space=space_from_dict(settings["space"]))
 
 

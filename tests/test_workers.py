@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
+from cnnsearch.config import RunSettings
+from cnnsearch.study import stored_config
 from cnnsearch.workers import resolve_workers, start_method
 from tests.conftest import cli_env
 
@@ -75,7 +78,7 @@ def test_bad_workers_value_is_refused(runner: CliRunner, value: str) -> None:
 def test_worker_joins_a_study_reading_its_settings_from_storage(runner: CliRunner) -> None:
     assert runner.invoke(app, ["run", "--study", "t", "-n", "1", "--workers", "1", *SMALL]).exit_code == 0
     study = optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
-    assert study.user_attrs["cnnsearch_run"] == {"n_trials": 1, "pruner": "median"}
+    assert study.user_attrs["cnnsearch_run"] == {"n_trials": 1, "pruner": "median", "behind_margin": 2.0}
     # The target is reached: a worker that joins has nothing to do and says so.
     joined = runner.invoke(app, ["worker", "--study", "t", "--workers", "1"])
     assert joined.exit_code == 0, joined.output
@@ -83,6 +86,12 @@ def test_worker_joins_a_study_reading_its_settings_from_storage(runner: CliRunne
     assert "cnnsearch worker --study t" in joined.output
     missing = runner.invoke(app, ["worker", "--study", "nope"])
     assert missing.exit_code == 2 and "studies that exist: t" in missing.stderr
+    # A worker applies the pruner settings of the study's last run, --behind-margin included (inf: stored
+    # as JSON's Infinity), and a study stored before the margin was recorded gets the default.
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "1", "--behind-margin", "inf", *SMALL]).exit_code == 0
+    assert stored_config("t", "sqlite:///studies/t.db").run.behind_margin == math.inf
+    study.set_user_attr("cnnsearch_run", {"n_trials": 1, "pruner": "median"})
+    assert stored_config("t", "sqlite:///studies/t.db").run.behind_margin == RunSettings().behind_margin
 
 
 def test_forked_workers_share_the_work_and_the_caller_keeps_its_torch_threads(runner: CliRunner) -> None:
