@@ -85,6 +85,9 @@ CASES: dict[str, Case] = {
     "trials-zero": Case([*REF, "-n", "0"], 2, ["--n-trials", "greater than or equal to 1", "'0'"], usage=True),
     "seed-negative": Case([*REF, "--seed", "-1"], 2, ["--seed", "greater than or equal to 0", "'-1'"], usage=True),
     "unknown-pruner": Case([*REF, "--pruner", "asha"], 2, ["--pruner", "'asha'", "'median'"], usage=True),
+    "behind-margin-zero": Case([*REF, "--behind-margin", "0"], 2,
+                               ["--behind-margin must be a positive number of standard errors (inf: off)", "0.0"]),
+    "behind-margin-word": Case([*REF, "--behind-margin", "wide"], 2, ["--behind-margin", "'wide'"], usage=True),
     "trials-not-a-number": Case([*REF, "-n", "many"], 2, ["--n-trials", "integer", "'many'"], usage=True),
     "unknown-option": Case([*REF, "--trials", "3"], 2, ["No such option: --trials"], usage=True),
     # --- the configuration file
