@@ -99,7 +99,7 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
     best = study.best_value if any(t.value is not None for t in study.trials) else None
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(study.trials)))
-    return {"best": best, "trained": trained, **saved(study.trials, folds * epochs)}
+    return {"best": best, "trained": trained, "done": completions(study.trials), **saved(study.trials, folds * epochs)}
 
 
 def stopped_by(t: Any) -> str | None:
@@ -126,6 +126,22 @@ def saved(trials: list[Any], per_trial: int) -> dict[str, int]:
     return out
 
 
+def completions(trials: list[Any]) -> list[tuple[float, float]]:
+    """(seconds from the first trial's start to this one's end, CV accuracy) of each finished trial, in order of
+    finishing: when a search had found what. Start-up before the first trial is left out on both sides."""
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    if not starts:
+        return []
+    t0 = min(starts)
+    return sorted(((t.datetime_complete - t0).total_seconds(), float(t.value)) for t in trials
+                  if t.state.name == "COMPLETE" and t.datetime_complete is not None and t.value is not None)
+
+
+def time_to(done: list[tuple[float, float]], target: float) -> float | None:
+    """When the first trial at or above ``target`` finished, or None if none did."""
+    return next((at for at, value in done if value >= target - 1e-12), None)
+
+
 def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
     """Each trial's params, state, fold-epochs reported and seconds, for a look at where the time went."""
     return [{"number": t.number, "state": t.state.name, "diverged": bool(t.user_attrs.get("diverged")),
@@ -148,7 +164,7 @@ def cnnsearch_result(db: Path, study: str, per_trial: int, dump: str | None = No
     trained = sum(len(t.intermediate_values) for t in s.trials) - left["diverged"]
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(s.trials)))
-    return {"best": max(completed) if completed else None, "trained": trained, **left}
+    return {"best": max(completed) if completed else None, "trained": trained, "done": completions(s.trials), **left}
 
 
 def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> float:
@@ -250,6 +266,17 @@ def main() -> None:
     print(f"\nPer round (same seed on both sides): cnnsearch {' '.join(f'{x:.2f}x' for x in paired)} faster "
           f"(median {median(paired):.2f}x); best accuracy {' '.join(f'{g:+.2f}' for g in gaps)} points "
           f"(median {median(gaps):+.2f}).")
+
+    # Trials per hour is what users buy: how soon each side had a trial as good as the reference's best.
+    reach = []
+    for ref, own in zip(results["reference"], results["cnnsearch"], strict=True):
+        if ref["best"] is None:
+            reach.append("-")
+            continue
+        mine, theirs = time_to(own["done"], ref["best"]), time_to(ref["done"], ref["best"])
+        reach.append(f"{theirs:.0f} s against {mine:.0f} s" if mine is not None else f"{theirs:.0f} s against never")
+    print("Time to the reference's best (from each side's first trial start), reference against cnnsearch, per "
+          "round: " + "; ".join(reach) + ".")
 
     def mid(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
