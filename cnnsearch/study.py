@@ -388,9 +388,11 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
 
     Clearly behind means more than ``z`` standard errors lower, the standard error being that of the difference of
     two accuracies over the validation images of those folds (``sizes`` per fold), at the best trial's accuracy.
-    The rest of the folds would then have to lift the trial's mean by more than noise to win, and folds of one
-    configuration score alike. Returns the evidence (for the trial's ``behind_best`` attribute), or None when
-    the trial may still win or no trial has finished all ``folds`` folds.
+    The rest of the folds would then have to lift the trial's mean by more than noise to win. The margin assumes
+    that folds of one configuration score alike: it leaves out the training noise between folds, which on MNIST
+    can be larger (a configuration scoring 0.79, 0.95 and 0.94; see BENCHMARKS.md). Returns the evidence (for
+    the trial's ``behind_best`` attribute), or None when the trial may still win or no trial has finished all
+    ``folds`` folds.
     """
     try:
         best = study.best_trial
