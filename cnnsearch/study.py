@@ -394,6 +394,8 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
     the trial's ``behind_best`` attribute), or None when the trial may still win or no trial has finished all
     ``folds`` folds.
     """
+    if not math.isfinite(z):  # an infinite margin: nothing is ever clearly behind (the check is off)
+        return None
     try:
         best = study.best_trial
     except ValueError:  # nothing finished yet
@@ -448,7 +450,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
              for tr, va in fold_indices(data.y.cpu().numpy(), run.folds, run.seed)]
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
     norms = [normalisation(data.x[tr]) for tr, _ in folds]
-    floors = [chance_floor(y_va) for _, _, _, y_va in fold_data] if run.pruner != "none" else []
+    floors = [chance_floor(y_va) for _, _, _, y_va in fold_data]
     sizes = [len(y_va) for _, _, _, y_va in fold_data]
 
     def origin_of(trial: optuna.Trial) -> int:
@@ -495,8 +497,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                 fold_end = run.pruner != "none" and epoch == run.epochs - 1 and fold < run.folds - 1
                 at_chance = fold_end and acc <= floors[fold]
                 behind = (behind_best(trial.study, [*scores, acc], sizes, run.folds, run.behind_margin)
-                          if fold_end and not at_chance and not packed and len(scores) == fold
-                          and math.isfinite(run.behind_margin) else None)
+                          if fold_end and not at_chance and not packed and len(scores) == fold else None)
                 prune = at_chance or behind is not None or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
