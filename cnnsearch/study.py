@@ -386,12 +386,13 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
                 z: float = 2.0) -> dict[str, Any] | None:
     """Whether a trial whose first folds scored ``seen`` is clearly behind the best finished trial on the same folds.
 
-    Clearly behind means more than ``z`` standard errors lower, the standard error being that of the difference of
-    two accuracies over the validation images of those folds (``sizes`` per fold), at the best trial's accuracy.
-    The rest of the folds would then have to lift the trial's mean by more than noise to win. The margin assumes
-    that folds of one configuration score alike: it leaves out the training noise between folds, which on MNIST
-    can be larger (a configuration scoring 0.79, 0.95 and 0.94; see BENCHMARKS.md). Returns the evidence (for
-    the trial's ``behind_best`` attribute), or None when the trial may still win or no trial has finished all
+    Clearly behind means more than ``z`` standard errors lower. The standard error is that of the difference of two
+    means over the same ``m`` folds, and it counts two kinds of noise:
+    - sampling: the validation images of those folds (``sizes`` per fold), at the best trial's accuracy;
+    - training: one configuration scores differently on different folds (on MNIST, 0.79, 0.95 and 0.94 for one
+      configuration; see BENCHMARKS.md). Its variance is estimated by :func:`fold_spread` over the finished trials.
+    The rest of the folds would then have to lift the trial's mean by more than noise to win. Returns the evidence
+    (for the trial's ``behind_best`` attribute), or None when the trial may still win or no trial has finished all
     ``folds`` folds.
     """
     if not math.isfinite(z):  # an infinite margin: nothing is ever clearly behind (the check is off)
@@ -408,10 +409,22 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
     mine = sum(a * k for a, k in zip(seen, sizes[:m], strict=True)) / n
     ref = sum(a * k for a, k in zip(theirs[:m], sizes[:m], strict=True)) / n
     p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
-    margin = z * math.sqrt(2 * p * (1 - p) / n)
+    spread = fold_spread(study, folds)
+    margin = z * math.sqrt(2 * p * (1 - p) / n + 2 * spread**2 / m)
     if mine >= ref - margin:
         return None
-    return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin}
+    return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin,
+            "fold_spread": spread}
+
+
+def fold_spread(study: optuna.Study, folds: int) -> float:
+    """The typical training noise between folds: the median, over the trials that finished all ``folds`` folds, of
+    the standard deviation of their fold scores (0 when none has)."""
+    from optuna.trial import TrialState
+
+    spreads = [statistics.pstdev(scores) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if isinstance(scores := t.user_attrs.get("fold_scores"), list) and len(scores) == folds]
+    return statistics.median(spreads) if spreads else 0.0
 
 
 def trial_seed(study_seed: int, number: int, fold: int) -> int:

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
-from cnnsearch.study import behind_best
+from cnnsearch.study import behind_best, fold_spread
 from tests.conftest import TINY
 
 
@@ -137,7 +137,8 @@ def test_behind_best_compares_the_same_folds_against_z_standard_errors(tmp_path:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", direction="maximize")
     sizes = [500, 500, 500]
     assert behind_best(study, [0.10], sizes, 3) is None  # nothing finished: nothing to be behind
-    for value, scores in ((0.95, [0.95, 0.95, 0.95]), (0.98, [0.99, 0.97, 0.98])):
+    # Fold-score spreads 0, 0.008 and 0: the median (the training noise between folds) is 0, so sampling noise only.
+    for value, scores in ((0.95, [0.95, 0.95, 0.95]), (0.98, [0.99, 0.97, 0.98]), (0.9, [0.9, 0.9, 0.9])):
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"fold_scores": scores}))
     margin = 2 * math.sqrt(2 * 0.99 * 0.01 / 500)  # at the best trial's fold-0 accuracy, over fold 0's images
     assert behind_best(study, [0.99 - margin + 1e-6], sizes, 3) is None  # within noise of the best: may still win
@@ -154,6 +155,18 @@ def test_behind_best_compares_the_same_folds_against_z_standard_errors(tmp_path:
     assert behind_best(study, [0.99 - 1.5 * margin], sizes, 3, z=3) is None
     evidence = behind_best(study, [0.99 - 1.5 * margin - 1e-6], sizes, 3, z=1.5)
     assert evidence is not None and evidence["margin"] == pytest.approx(0.75 * margin)
+    # Training noise: once most finished trials score unevenly across folds (0.80, 0.90, 0.85: a spread of
+    # 0.05 * sqrt(2/3)), a bad first fold is no longer evidence. The margin adds 2 s^2 / m to the variance.
+    for _ in range(4):
+        study.add_trial(optuna.trial.create_trial(value=0.85, user_attrs={"fold_scores": [0.80, 0.90, 0.85]}))
+    spread = 0.05 * math.sqrt(2 / 3)
+    assert fold_spread(study, 3) == pytest.approx(spread)  # the median of 0, 0.008, 0 and four of `spread`
+    noisy = 2 * math.sqrt(2 * 0.99 * 0.01 / 500 + 2 * spread**2)
+    assert behind_best(study, [0.99 - 2 * margin], sizes, 3) is None  # behind on sampling noise alone, not now
+    assert behind_best(study, [0.99 - noisy + 1e-6], sizes, 3) is None
+    evidence = behind_best(study, [0.99 - noisy - 1e-6], sizes, 3)
+    assert evidence is not None and evidence["margin"] == pytest.approx(noisy)
+    assert evidence["fold_spread"] == pytest.approx(spread)
     # A best trial without all its fold scores (e.g. from a study with other folds) is no reference.
     study.add_trial(optuna.trial.create_trial(value=0.999, user_attrs={"fold_scores": [0.999, 0.999]}))
     assert behind_best(study, [0.5], sizes, 3) is None
