@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.study import SETTINGS_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -148,38 +149,76 @@ def plot_history(data: _Data) -> Figure:
     return fig
 
 
-def _importance_params(data: _Data) -> list[str]:
-    """Parameters set in every completed trial and free to vary (a fixed dimension has no importance)."""
-    trials = [t for t in data.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+def _importance_params(trials: Sequence[optuna.trial.FrozenTrial]) -> list[str]:
+    """Parameters set in every one of ``trials`` and free to vary (a fixed dimension has no importance)."""
     common = set.intersection(*(set(t.params) for t in trials)) if trials else set()
     return sorted(p for p in common if not trials[0].distributions[p].single())
 
 
-def plot_importances(data: _Data) -> Figure:
-    """Optuna's parameter importances (its default evaluator, PED-ANOVA, in Optuna 5)."""
-    import optuna
-    from matplotlib.figure import Figure
+def _importance_trials(data: _Data) -> tuple[list[optuna.trial.FrozenTrial], str]:
+    """The trials importances are computed over, each with the value it is judged by, and what that value is.
 
-    _need_complete(data, MIN_IMPORTANCE_TRIALS)
-    params = _importance_params(data)
+    The completed trials and their CV accuracy, where at least ``MIN_IMPORTANCE_TRIALS`` completed. Otherwise
+    (the pruner and the fold-end checks stop most trials of many searches before their last fold) every trial
+    that finished the first fold, judged by its accuracy there: the one score they all share.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = [t for t in data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+    if len(complete) >= MIN_IMPORTANCE_TRIALS:
+        return complete, f"{len(complete)} completed trials, CV accuracy"
+    epochs = (data.study.user_attrs.get(SETTINGS_ATTR) or {}).get("epochs")
+    step = epochs - 1 if isinstance(epochs, int) and epochs > 0 else None
+    reached = [optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                         value=t.intermediate_values[step])
+               for t in data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+               if step is not None and math.isfinite(t.intermediate_values.get(step, math.nan))]
+    if len(reached) < MIN_IMPORTANCE_TRIALS:
+        raise Skip(f"needs at least {MIN_IMPORTANCE_TRIALS} completed trials or {MIN_IMPORTANCE_TRIALS} trials "
+                   f"that finished fold 0; {len(complete)} completed and {len(reached)} finished fold 0")
+    return reached, f"{len(reached)} trials, accuracy at the end of fold 0 (only {len(complete)} completed)"
+
+
+def importances(data: _Data) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA, in Optuna 5) over the trials of
+    :func:`_importance_trials`, and what they were judged by."""
+    import optuna
+
+    trials, judged = _importance_trials(data)
+    params = _importance_params(trials)
     if not params:
-        raise Skip("no parameter varies across the completed trials")
-    values = set(r.cv_mean for r in data.best)
-    if len(values) < 2:
-        raise Skip("every completed trial has the same CV accuracy")
+        raise Skip("no parameter varies across the trials it would compare")
+    if len({t.value for t in trials}) < 2:
+        raise Skip("every trial it would compare has the same accuracy")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     try:
-        importances = optuna.importance.get_param_importances(data.study, params=params)
+        study = optuna.create_study(direction="maximize")  # in memory: the trials with the values judged by
+        study.add_trials(trials)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    try:
+        return optuna.importance.get_param_importances(study, params=params), judged
     except (ValueError, RuntimeError) as exc:  # the evaluator's own limits, e.g. too little data
         raise Skip(f"Optuna could not compute importances ({exc})") from None
-    items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = Figure(figsize=(8, 0.9 + 0.38 * len(items) + 0.6), layout="constrained")
+
+
+def plot_importances(data: _Data) -> Figure:
+    """The parameter importances of :func:`importances` as bars."""
+    from matplotlib.figure import Figure
+
+    found, judged = importances(data)
+    items = sorted(found.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(8, max(3.2, 1.3 + 0.38 * len(items) + 0.6)), layout="constrained")
     ax = fig.add_subplot()
     bars = ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS["COMPLETE"])
     ax.bar_label(bars, labels=[f"{v:.2f}" for _, v in items], padding=3, fontsize=9)
     ax.set_xlim(0, max(v for _, v in items) * 1.15 or 1.0)
     ax.set_xlabel("importance (share of the total)")
     ax.grid(axis="y", visible=False)
-    ax.set_title(f"Parameter importances, {len(data.best)} completed trials (PED-ANOVA)")
+    ax.set_title(f"Parameter importances (PED-ANOVA)\n{judged}")
     return fig
 
 

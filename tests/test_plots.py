@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
-from cnnsearch.plots import MIN_IMPORTANCE_TRIALS, PLOTS
+from cnnsearch.plots import MIN_IMPORTANCE_TRIALS, PLOTS, _gather, _importance_trials, importances, make_plots
+from cnnsearch.study import SETTINGS_ATTR
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,13 +36,54 @@ def test_plot_writes_the_six_pngs(runner: CliRunner, mixed_db: Path, in_tmp: Pat
     assert result.exit_code == 0, result.output
     complete = len(optuna.load_study(study_name="s", storage=url).get_trials(
         states=(optuna.trial.TrialState.COMPLETE,)))
-    expected = [p for p in PLOTS if p != "importances" or complete >= MIN_IMPORTANCE_TRIALS]
+    fold0 = len([t for t in optuna.load_study(study_name="s", storage=url).get_trials()
+                 if t.intermediate_values.get(1) is not None])  # --epochs 2: step 1 ends fold 0
+    expected = [p for p in PLOTS if p != "importances" or max(complete, fold0) >= MIN_IMPORTANCE_TRIALS]
     assert sorted(p.name for p in (in_tmp / "pics").iterdir()) == sorted(f"{p}.png" for p in expected)
     for name in expected:
         check_png(in_tmp / "pics" / f"{name}.png")
         assert f"Wrote pics/{name}.png" in result.stdout
     if "importances" not in expected:
-        assert "importances: skipped, needs at least 5 completed trials" in result.stderr
+        assert "importances: skipped, needs at least 5 completed trials or 5 trials that finished fold 0" \
+            in " ".join(result.stderr.split())
+
+
+def test_importances_fall_back_to_fold_0_when_few_trials_completed(in_tmp: Path) -> None:
+    # A search whose checks stopped most trials at the end of fold 0 (2 epochs per fold: step 1): 2 completed,
+    # 6 stopped there, one pruned before it and one diverged. Fold-0 accuracy follows the learning rate only.
+    url = f"sqlite:///{in_tmp / 'f.db'}"
+    study = optuna.create_study(study_name="f", storage=url, direction="maximize")
+    study.set_user_attr(SETTINGS_ATTR, {"epochs": 2})
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "layers": IntDistribution(1, 4)}
+    pruned, complete = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE
+
+    def add(i: int, state: optuna.trial.TrialState, steps: dict[int, float], value: float | None = None) -> None:
+        params = {"lr": 10 ** (-4 + 3 * i / 9), "layers": 1 + i * 7 % 4}
+        study.add_trial(optuna.trial.create_trial(state=state, params=params, distributions=dists, value=value,
+                                                  intermediate_values=steps))
+
+    fold0 = {i: 0.5 + 0.05 * i for i in range(10)}  # rising with the learning rate
+    for i in (8, 9):
+        add(i, complete, {0: 0.5, 1: fold0[i], 3: 0.9}, value=0.9)
+    for i in range(6):
+        add(i, pruned, {0: 0.3, 1: fold0[i]})
+    add(6, pruned, {0: 0.2})  # stopped by the median pruner inside fold 0
+    add(7, pruned, {})  # diverged at its first step: no score
+    trials, judged = _importance_trials(_gather(study))
+    assert sorted(t.value for t in trials) == sorted(fold0[i] for i in (*range(6), 8, 9))
+    assert judged == "8 trials, accuracy at the end of fold 0 (only 2 completed)"
+    made = make_plots(study, in_tmp / "pics", which=("importances",))
+    assert made.notes == [] and made.written == [in_tmp / "pics" / "importances.png"]
+    check_png(made.written[0])
+    found, _ = importances(_gather(study))
+    assert set(found) == {"lr", "layers"} and found["lr"] > found["layers"], found  # fold 0 follows lr only
+    # Too few at either: skipped, with both counts.
+    few = optuna.create_study(study_name="few", storage=url, direction="maximize")
+    few.set_user_attr(SETTINGS_ATTR, {"epochs": 2})
+    few.add_trials([t for t in study.get_trials() if t.number in (0, 1, 2, 3, 8, 9)])  # 8: inside fold 0
+    skipped = make_plots(few, in_tmp / "few", which=("importances",))
+    assert skipped.notes == ["importances: skipped, needs at least 5 completed trials or 5 trials that finished "
+                             "fold 0; 2 completed and 4 finished fold 0"]
 
 
 def test_default_folder_and_dpi(runner: CliRunner, mixed_db: Path, in_tmp: Path) -> None:
