@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 PLOTS: tuple[str, ...] = ("history", "importances", "parallel", "stability", "curves", "folds")
 """The files written, as ``<name>.png``, in this order."""
 
-MIN_IMPORTANCE_TRIALS = 5  # completed trials below which importances are noise (PED-ANOVA ranks quantiles)
+MIN_IMPORTANCE_TRIALS = 5  # trials compared below which importances are noise (PED-ANOVA ranks quantiles)
 TOP_PARALLEL = 10  # trials drawn in the parallel-coordinates plot
 TOP_CURVES = 5  # trials whose learning curves are drawn
 TOP_FOLDS = 10  # trials in the fold-spread plot
@@ -165,16 +165,16 @@ def _importance_trials(data: _Data) -> tuple[list[optuna.trial.FrozenTrial], str
     import optuna
     from optuna.trial import TrialState
 
-    complete = [t for t in data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
+    trials = data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    completed = {r.number for r in data.best}  # COMPLETE with a finite CV accuracy
+    complete = [t for t in trials if t.number in completed]
     if len(complete) >= MIN_IMPORTANCE_TRIALS:
         return complete, f"{len(complete)} completed trials, CV accuracy"
     epochs = (data.study.user_attrs.get(SETTINGS_ATTR) or {}).get("epochs")
-    step = epochs - 1 if isinstance(epochs, int) and epochs > 0 else None
+    step = epochs - 1 if isinstance(epochs, int) and epochs > 0 else -1  # -1: no step is known to end fold 0
     reached = [optuna.trial.create_trial(params=t.params, distributions=t.distributions,
                                          value=t.intermediate_values[step])
-               for t in data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-               if step is not None and math.isfinite(t.intermediate_values.get(step, math.nan))]
+               for t in trials if math.isfinite(t.intermediate_values.get(step, math.nan))]
     if len(reached) < MIN_IMPORTANCE_TRIALS:
         raise Skip(f"needs at least {MIN_IMPORTANCE_TRIALS} completed trials or {MIN_IMPORTANCE_TRIALS} trials "
                    f"that finished fold 0; {len(complete)} completed and {len(reached)} finished fold 0")
@@ -211,7 +211,7 @@ def plot_importances(data: _Data) -> Figure:
 
     found, judged = importances(data)
     items = sorted(found.items(), key=lambda kv: kv[1])
-    fig = Figure(figsize=(8, max(3.2, 1.3 + 0.38 * len(items) + 0.6)), layout="constrained")
+    fig = Figure(figsize=(8, max(3.2, 1.9 + 0.38 * len(items))), layout="constrained")
     ax = fig.add_subplot()
     bars = ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS["COMPLETE"])
     ax.bar_label(bars, labels=[f"{v:.2f}" for _, v in items], padding=3, fontsize=9)
