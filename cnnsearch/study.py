@@ -22,7 +22,6 @@ from cnnsearch.errors import RUNTIME, CnnSearchError
 
 if TYPE_CHECKING:
     import optuna
-    import torch
 
     from cnnsearch.data import Dataset
     from cnnsearch.space import TrialParams
@@ -342,19 +341,6 @@ def sort_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
 
 
 # ------------------------------------------------------------------------------------------ objective
-def _pruner(config: Config) -> optuna.pruners.BasePruner:
-    import optuna
-
-    run = config.run
-    if run.pruner == "median":
-        # Global steps run over all folds. After 4 trials, a trial is compared from its second epoch on. (A warm-up
-        # over half the first fold let every hopeless trial train 5 of 10 epochs before it could be stopped.)
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
-    if run.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=run.folds * run.epochs)
-    return optuna.pruners.NopPruner()
-
-
 def _sampler(config: Config, worker: int, history: int = 0) -> optuna.samplers.BaseSampler:
     """TPE seeded from the study seed, the worker index and ``history``, the number of trials the study held
     when this process opened it.
@@ -373,58 +359,6 @@ def _sampler(config: Config, worker: int, history: int = 0) -> optuna.samplers.B
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True,
                                           constant_liar=True)
-
-
-def chance_floor(y_val: torch.Tensor) -> float:
-    """The validation accuracy a fold must beat to count as learning anything: the share of its commonest class
-    (what a constant prediction scores) plus three standard errors of that share over ``len(y_val)`` images."""
-    share = float(y_val.bincount().max().item()) / max(1, len(y_val))
-    return share + 3 * math.sqrt(share * (1 - share) / max(1, len(y_val)))
-
-
-def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int,
-                z: float = 2.0) -> dict[str, Any] | None:
-    """Whether a trial whose first folds scored ``seen`` is clearly behind the best finished trial on the same folds.
-
-    Clearly behind means more than ``z`` standard errors lower. The standard error is that of the difference of two
-    means over the same ``m`` folds, and it counts two kinds of noise:
-    - sampling: the validation images of those folds (``sizes`` per fold), at the best trial's accuracy;
-    - training: one configuration scores differently on different folds (on MNIST, 0.79, 0.95 and 0.94 for one
-      configuration; see BENCHMARKS.md). Its variance is estimated by :func:`fold_spread` over the finished trials.
-    The rest of the folds would then have to lift the trial's mean by more than noise to win. Returns the evidence
-    (for the trial's ``behind_best`` attribute), or None when the trial may still win or no trial has finished all
-    ``folds`` folds.
-    """
-    if not math.isfinite(z):  # an infinite margin: nothing is ever clearly behind (the check is off)
-        return None
-    try:
-        best = study.best_trial
-    except ValueError:  # nothing finished yet
-        return None
-    theirs = best.user_attrs.get("fold_scores")
-    if not isinstance(theirs, list) or len(theirs) != folds:
-        return None
-    m = len(seen)
-    n = sum(sizes[:m])
-    mine = sum(a * k for a, k in zip(seen, sizes[:m], strict=True)) / n
-    ref = sum(a * k for a, k in zip(theirs[:m], sizes[:m], strict=True)) / n
-    p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
-    spread = fold_spread(study, folds)
-    margin = z * math.sqrt(2 * p * (1 - p) / n + 2 * spread**2 / m)
-    if mine >= ref - margin:
-        return None
-    return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin,
-            "fold_spread": spread}
-
-
-def fold_spread(study: optuna.Study, folds: int) -> float:
-    """The typical training noise between folds: the median, over the trials that finished all ``folds`` folds, of
-    the standard deviation of their fold scores (0 when none has)."""
-    from optuna.trial import TrialState
-
-    spreads = [statistics.pstdev(scores) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if isinstance(scores := t.user_attrs.get("fold_scores"), list) and len(scores) == folds]
-    return statistics.median(spreads) if spreads else 0.0
 
 
 def trial_seed(study_seed: int, number: int, fold: int) -> int:
@@ -452,6 +386,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     from cnnsearch import interrupts
     from cnnsearch.data import fold_indices
     from cnnsearch.packed import train_folds_packed, use_packing
+    from cnnsearch.pruning import behind_best, chance_floor
     from cnnsearch.recovery import process_identity, requeue, reusable_folds
     from cnnsearch.space import suggest
     from cnnsearch.train import Diverged, FoldResult, normalisation, train_fold
@@ -624,17 +559,19 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     """
     import optuna
 
+    from cnnsearch.pruning import make_pruner
+
     run = config.run
     storage = storage or open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     created = False
     try:
         try:
             study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize",
-                                        sampler=_sampler(config, 0), pruner=_pruner(config))
+                                        sampler=_sampler(config, 0), pruner=make_pruner(config))
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=run.study, storage=storage, sampler=_sampler(config, 0),
-                                      pruner=_pruner(config))
+                                      pruner=make_pruner(config))
     except Exception as exc:  # sqlalchemy and driver errors: report, never a traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CnnSearchError(f"--storage: cannot create study {run.study!r}: {first}", exit_code=RUNTIME) from None
@@ -728,6 +665,7 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     from cnnsearch.claim import TrialClaim
     from cnnsearch.data import dataset_for, fold_indices, on_device
     from cnnsearch.devices import resolve_device
+    from cnnsearch.pruning import make_pruner
     from cnnsearch.recovery import recover_dead_trials
 
     run = config.run
@@ -741,7 +679,7 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     study = create_or_resume(config, widen=widen, data=data, storage=storage)
     study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)))
-    study.pruner = _pruner(config)
+    study.pruner = make_pruner(config)
     done, _ = finished_count(study)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
-from cnnsearch.study import behind_best, fold_spread
+from cnnsearch.pruning import behind_best, fold_spread
 from tests.conftest import TINY
 
 

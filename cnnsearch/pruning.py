@@ -1,0 +1,82 @@
+"""When to stop a trial early: the pruner Optuna consults after every epoch, and the two checks made at the end
+of each fold (no better than chance, clearly behind the best trial).
+
+Imported lazily (it imports Optuna), from the objective and from where a study is opened.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnsearch.config import Config
+
+
+def make_pruner(config: Config) -> optuna.pruners.BasePruner:
+    """The Optuna pruner that ``--pruner`` names."""
+    run = config.run
+    if run.pruner == "median":
+        # Global steps run over all folds. After 4 trials, a trial is compared from its second epoch on. (A warm-up
+        # over half the first fold let every hopeless trial train 5 of 10 epochs before it could be stopped.)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if run.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=run.folds * run.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def chance_floor(y_val: torch.Tensor) -> float:
+    """The validation accuracy a fold must beat to count as learning anything: the share of its commonest class
+    (what a constant prediction scores) plus three standard errors of that share over ``len(y_val)`` images."""
+    share = float(y_val.bincount().max().item()) / max(1, len(y_val))
+    return share + 3 * math.sqrt(share * (1 - share) / max(1, len(y_val)))
+
+
+def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int,
+                z: float = 2.0) -> dict[str, Any] | None:
+    """Whether a trial whose first folds scored ``seen`` is clearly behind the best finished trial on the same folds.
+
+    Clearly behind means more than ``z`` standard errors lower. The standard error is that of the difference of two
+    means over the same ``m`` folds, and it counts two kinds of noise:
+    - sampling: the validation images of those folds (``sizes`` per fold), at the best trial's accuracy;
+    - training: one configuration scores differently on different folds (on MNIST, 0.79, 0.95 and 0.94 for one
+      configuration; see BENCHMARKS.md). Its variance is estimated by :func:`fold_spread` over the finished trials.
+    The rest of the folds would then have to lift the trial's mean by more than noise to win. Returns the evidence
+    (for the trial's ``behind_best`` attribute), or None when the trial may still win or no trial has finished all
+    ``folds`` folds.
+    """
+    if not math.isfinite(z):  # an infinite margin: nothing is ever clearly behind (the check is off)
+        return None
+    try:
+        best = study.best_trial
+    except ValueError:  # nothing finished yet
+        return None
+    theirs = best.user_attrs.get("fold_scores")
+    if not isinstance(theirs, list) or len(theirs) != folds:
+        return None
+    m = len(seen)
+    n = sum(sizes[:m])
+    mine = sum(a * k for a, k in zip(seen, sizes[:m], strict=True)) / n
+    ref = sum(a * k for a, k in zip(theirs[:m], sizes[:m], strict=True)) / n
+    p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
+    spread = fold_spread(study, folds)
+    margin = z * math.sqrt(2 * p * (1 - p) / n + 2 * spread**2 / m)
+    if mine >= ref - margin:
+        return None
+    return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin,
+            "fold_spread": spread}
+
+
+def fold_spread(study: optuna.Study, folds: int) -> float:
+    """The typical training noise between folds: the median, over the trials that finished all ``folds`` folds, of
+    the standard deviation of their fold scores (0 when none has)."""
+    spreads = [statistics.pstdev(scores) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if isinstance(scores := t.user_attrs.get("fold_scores"), list) and len(scores) == folds]
+    return statistics.median(spreads) if spreads else 0.0

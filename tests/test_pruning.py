@@ -1,0 +1,40 @@
+"""The pruner ``--pruner`` names, and the median rule it applies at the global step ``fold * epochs + epoch``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cnnsearch.config import Config, RunSettings
+from cnnsearch.pruning import make_pruner
+
+
+@pytest.mark.parametrize(("name", "kind"), [("median", optuna.pruners.MedianPruner),
+                                            ("hyperband", optuna.pruners.HyperbandPruner),
+                                            ("none", optuna.pruners.NopPruner)])
+def test_make_pruner_maps_the_option(name: str, kind: type) -> None:
+    assert isinstance(make_pruner(Config(run=RunSettings(pruner=name))), kind)  # type: ignore[arg-type]
+
+
+def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_step(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize",
+                                pruner=make_pruner(Config(run=RunSettings(pruner="median"))))
+
+    def stopped(curve: list[float]) -> bool:
+        trial = study.ask()
+        for step, value in enumerate(curve):
+            trial.report(value, step)
+        verdict = trial.should_prune()
+        study.tell(trial, state=TrialState.FAIL)
+        return verdict
+
+    for n in range(4):
+        assert not stopped([0.1, 0.1])  # fewer than 4 finished trials: nothing to compare with
+        study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values={0: 0.8, 1: 0.9}))
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == n + 1
+    assert not stopped([0.1])  # step 0 is the warm-up
+    assert stopped([0.1, 0.1])  # below the median (0.9) at step 1
+    assert not stopped([0.1, 0.95])
