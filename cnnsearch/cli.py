@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -175,7 +176,7 @@ def run(
     workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     timeout: Annotated[float | None, typer.Option(
-        help="Stop starting new trials after this many seconds (the running trial finishes).")] = None,
+        help="Stop starting new trials this many seconds after the command starts (running trials finish).")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", "-c", exists=True, dir_okay=False,
         help="Read run settings and the search space from this TOML file (see cnnsearch init); options given "
@@ -217,6 +218,7 @@ def run(
                    "because mirroring changes the meaning of digits and text [default: none].")] = None,
 ) -> None:
     """Run or resume a cross-validated search (default: the digits study)."""
+    started = time.time()  # --timeout counts from here
     from cnnsearch.data import dataset_for
     from cnnsearch.tomlconfig import config_toml, load_config
 
@@ -250,7 +252,7 @@ def run(
     data = dataset_for(settings)
     for warning in data.warnings:
         err_console.print(f"Warning: {warning}", markup=False, highlight=False)
-    result = _search(config, resume_command(settings), widen=widen_space, header=data.describe())
+    result = _search(config, resume_command(settings), widen=widen_space, header=data.describe(), started=started)
     _render_summary(result, settings)
 
 
@@ -290,7 +292,8 @@ def parse_workers(text: str | None) -> int | None:
     return value
 
 
-def _search(config: Any, resume: str, *, widen: bool = False, first_worker: int = 0, header: str | None = None) -> Any:
+def _search(config: Any, resume: str, *, widen: bool = False, first_worker: int = 0, header: str | None = None,
+            started: float | None = None) -> Any:
     """Run the workers under a live display; the first Ctrl-C or SIGTERM ends with exit code 130."""
     from cnnsearch import interrupts
     from cnnsearch.report import SearchProgress
@@ -298,7 +301,7 @@ def _search(config: Any, resume: str, *, widen: bool = False, first_worker: int 
 
     try:
         with interrupts.handled(), SearchProgress(console, target=config.run.n_trials, header=header) as progress:
-            return run_workers(config, progress, widen=widen, first_worker=first_worker)
+            return run_workers(config, progress, widen=widen, first_worker=first_worker, started=started)
     except KeyboardInterrupt:
         why = interrupts.requested() or "Ctrl-C"
         err_console.print(f"Interrupted by {why}: the running trial was marked failed (attribute "

@@ -285,7 +285,7 @@ class RunSettings:
     workers: int | None = None  # worker processes on this machine; None -> auto (see cnnsearch.workers)
     allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
     threads: int | None = None  # torch intra-op threads per worker; None -> cores / workers
-    timeout: float | None = None  # seconds; no new trial starts after this much wall time in this run
+    timeout: float | None = None  # seconds from the start of this run; no new trial starts after it
     data_dir: str | None = None  # torchvision files and the image-folder cache; None -> $CNNSEARCH_DATA_DIR or ~/.cache
     download: bool = False  # let torchvision fetch missing dataset files
     image_size: int | None = None  # resize every image to this square size (pixels); None keeps the source's

@@ -637,7 +637,8 @@ def stored_config(name: str, url: str) -> Config:
 
 
 def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0,
-               heartbeat: bool = True, ready: Callable[[], None] | None = None) -> SearchResult:
+               heartbeat: bool = True, ready: Callable[[], None] | None = None,
+               deadline: float | None = None) -> SearchResult:
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
 
     One worker's loop; several processes or machines may run it on one study at once. Before each trial it
@@ -654,6 +655,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
         heartbeat: Record heartbeats (off only to measure their cost).
         ready: Called once this worker is set up (data loaded, study opened), before its first trial: local
             workers wait there for each other, so that the first one up does not take every trial.
+        deadline: The ``time.time()`` after which no trial starts (``--timeout`` counted from when the command
+            started, set by :func:`cnnsearch.workers.run_workers`); None: ``config.run.timeout`` from this call.
 
     Raises:
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.interrupts.handled`):
@@ -694,8 +697,9 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
         ready()
     with TrialClaim(storage, run.study, _sqlite_path(run.storage_url)) as claim:
         objective = make_objective(config, data, emit, storage=storage, on_start=claim.release)
-        deadline = math.inf if run.timeout is None else time.monotonic() + run.timeout
-        while time.monotonic() < deadline:
+        if deadline is None:
+            deadline = math.inf if run.timeout is None else time.time() + run.timeout
+        while time.time() < deadline:
             interrupts.checkpoint()
             claim.acquire()
             try:

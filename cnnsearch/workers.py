@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -75,7 +76,8 @@ def machine_worker_offset() -> int:
     return 1000 + zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000
 
 
-def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, first_worker: int = 0) -> SearchResult:
+def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, first_worker: int = 0,
+                started: float | None = None) -> SearchResult:
     """Run (or resume, or join) the study with ``config.run.workers`` worker processes (None: auto).
 
     With one worker the loop runs in this process. The study is created (and dead trials of this machine
@@ -86,7 +88,13 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
         emit: Receives the progress events of every worker.
         widen: Allow a wider space than the stored one.
         first_worker: Index of the first worker; worker ``i`` seeds its sampler with ``first_worker + i``.
+        started: The ``time.time()`` the run started (the CLI's start, before the data is loaded); ``--timeout``
+            counts from it. Default: this call.
     """
+    run = config.run
+    # One deadline for every worker, counted from the start of the run (imports and data loading included).
+    deadline = None if run.timeout is None else (time.time() if started is None else started) + run.timeout
+
     import optuna
     import torch
 
@@ -104,7 +112,6 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = config.run
     device = resolve_device(run.device)  # --device cuda without CUDA: refuse before storage
     method = start_method(device.type)
     threads_before = torch.get_num_threads()
@@ -121,12 +128,12 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     n = resolve_workers(run.workers, run.n_trials - done - running, cores)
     config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
     if n == 1:
-        return run_search(config, emit, widen=widen, worker=first_worker)
+        return run_search(config, emit, widen=widen, worker=first_worker, deadline=deadline)
     if method == "spawn":
-        return _run_processes(config, emit, n, first_worker, study, method)
+        return _run_processes(config, emit, n, first_worker, study, method, deadline)
     storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
     try:
-        return _run_processes(config, emit, n, first_worker, study, method)
+        return _run_processes(config, emit, n, first_worker, study, method, deadline)
     finally:
         set_threads(threads_before)  # for whatever this process trains next (a library caller's retrain)
 
@@ -137,7 +144,7 @@ def start_method(device_type: str) -> str:
 
 
 def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study: optuna.Study,
-                   method: str) -> SearchResult:
+                   method: str, deadline: float | None) -> SearchResult:
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
@@ -153,7 +160,7 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     try:
         for i in range(n):
             reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer, started),
+            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer, started, deadline),
                                name=f"cnnsearch-worker-{i}")
             proc.start()
             writer.close()  # only the worker holds its write end: its death ends our reads with EOFError
@@ -213,7 +220,7 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     return result
 
 
-def _worker_main(config: Config, index: int, conn: Connection, started: Barrier) -> None:
+def _worker_main(config: Config, index: int, conn: Connection, started: Barrier, deadline: float | None) -> None:
     """A worker process: the trial loop, with events sent to the main process.
 
     Every worker waits at ``started`` until all are set up (importing torch and loading the data take seconds),
@@ -238,7 +245,7 @@ def _worker_main(config: Config, index: int, conn: Connection, started: Barrier)
     code = 0
     with interrupts.handled(signals=(signal.SIGTERM,)):
         try:
-            run_search(config, emit, worker=index, ready=lambda: _wait(started))
+            run_search(config, emit, worker=index, ready=lambda: _wait(started), deadline=deadline)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except CnnSearchError as exc:

@@ -124,11 +124,16 @@ def test_show_missing_study_lists_existing(runner: CliRunner) -> None:
     assert not Path("studies/nope.db").exists()
 
 
-def test_timeout_stops_starting_trials(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0.01"])
+def test_timeout_counts_from_the_start_and_stops_starting_trials(runner: CliRunner) -> None:
+    # The deadline passes while the data loads and the study is created: the study exists, and holds only the
+    # starting point, queued and not started.
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0.001"])
     assert result.exit_code == 0, result.output
-    assert len(load().get_trials()) == 1  # the first trial starts before the deadline and finishes
-    assert "Stopped at --timeout 0.01 s with 1 of 5 trials finished" in " ".join(result.stdout.split())
+    assert [t.state for t in load().get_trials()] == [optuna.trial.TrialState.WAITING]
+    assert "Stopped at --timeout 0.001 s with 0 of 5 trials finished" in " ".join(result.stdout.split())
+    again = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "60"])
+    assert again.exit_code == 0, again.output
+    assert len(load().get_trials()) == 5 and "Stopped at --timeout" not in again.stdout
     bad = runner.invoke(app, ["run", "--study", "t", "-n", "5", *TINY, "--timeout", "0"])
     assert bad.exit_code == 2 and "--timeout must be a positive number of seconds but got 0" in bad.stderr
 

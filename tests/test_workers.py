@@ -43,14 +43,14 @@ def test_four_workers_share_one_sqlite_file_without_lock_errors(in_tmp: Path) ->
 
 def test_workers_stop_at_the_timeout_and_the_run_ends_normally(in_tmp: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "cnnsearch", "run", "--study", "w", "-n", "500", "--workers", "2",
-                           "--timeout", "2", *SMALL], cwd=in_tmp, env=cli_env(), capture_output=True, text=True,
+                           "--timeout", "15", *SMALL], cwd=in_tmp, env=cli_env(), capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr
     trials = optuna.load_study(study_name="w", storage="sqlite:///studies/w.db").get_trials()
     states = Counter(t.state for t in trials)
     done = states[optuna.trial.TrialState.COMPLETE] + states[optuna.trial.TrialState.PRUNED]
     assert 2 <= done == len(trials) < 500  # each worker finished what it started, nothing left RUNNING
-    assert f"Stopped at --timeout 2 s with {done} of 500 trials finished" in " ".join(proc.stdout.split())
+    assert f"Stopped at --timeout 15 s with {done} of 500 trials finished" in " ".join(proc.stdout.split())
 
 
 def test_workers_are_forked_only_for_the_cpu_on_linux() -> None:
