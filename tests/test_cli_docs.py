@@ -43,3 +43,15 @@ def test_every_command_and_option_has_help() -> None:
                 missing.append(f"{name} {'/'.join(getattr(param, 'opts', [param.name]))}")
     assert not missing, f"no help text: {', '.join(missing)}"
     assert len(commands()) >= 4  # run, show, best, init at least: the walk above saw them
+
+
+@pytest.mark.parametrize("doc", ["README.md", "BENCHMARKS.md", "docs/cli.md"])
+def test_every_code_block_is_closed(doc: str) -> None:
+    # An unclosed fence swallows the rest of the page into one code block (it once hid the README's "Speed" part).
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    fences = [n for n, line in enumerate(lines, 1) if line.startswith("```")]
+    for opening, closing in zip(fences[::2], fences[1::2], strict=False):
+        assert lines[closing - 1].strip() == "```", \
+            f"{doc}: the code block opened on line {opening} is not closed before line {closing}"
+    assert len(fences) % 2 == 0, f"{doc}: the code block opened on line {fences[-1]} is never closed"
