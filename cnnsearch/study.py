@@ -434,18 +434,17 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
         # Packed training (below) ends all folds at once, so there is nothing to save at a fold's end.
         packed = pack and params.augment == "none" and not reused
 
-        def on_epoch(fold: int, epoch: int, acc: float) -> None:
+        def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool) -> None:
+            """Raise TrialPruned if the pruner says so or, at the end of a fold but the last, if the fold did no
+            better than chance or the trial is clearly behind the best finished trial on the same folds."""
             with interrupts.deferred():
-                trial.report(acc, fold * run.epochs + epoch)
-                emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-                # At the end of a fold but the last, two checks the pruner does not make. A fold no better than
-                # always answering the commonest class will not be rescued by the others. And a trial clearly
-                # behind the best finished trial on the same folds would need its remaining folds to beat that
-                # trial's by more than noise: the median pruner lets such trials finish, once most trials are good.
-                fold_end = run.pruner != "none" and epoch == run.epochs - 1 and fold < run.folds - 1
+                # Two checks the pruner does not make. A fold no better than always answering the commonest class
+                # will not be rescued by the others. And a trial clearly behind the best finished trial on the same
+                # folds would need its remaining folds to beat that trial's by more than noise: the median pruner
+                # lets such trials finish, once most trials are good.
                 at_chance = fold_end and acc <= floors[fold]
-                behind = (behind_best(trial.study, [*scores, acc], sizes, run.folds, run.behind_margin)
-                          if fold_end and not at_chance and not packed and len(scores) == fold else None)
+                behind = (behind_best(trial.study, scores, sizes, run.folds, run.behind_margin)
+                          if fold_end and not at_chance and not packed and len(scores) == fold + 1 else None)
                 prune = at_chance or behind is not None or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
@@ -457,6 +456,16 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                 why = ("no better than chance" if at_chance else
                        f"behind trial {behind['best_trial']}" if behind is not None else "pruned")
                 raise optuna.TrialPruned(f"{why} at fold {fold}, epoch {epoch}")
+
+        def on_epoch(fold: int, epoch: int, acc: float) -> None:
+            with interrupts.deferred():
+                trial.report(acc, fold * run.epochs + epoch)
+                emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
+            fold_end = run.pruner != "none" and epoch == run.epochs - 1 and fold < run.folds - 1
+            # Folds trained one by one are judged at their end once recorded (below), so that a trial stopped
+            # there keeps the score of the fold it finished. Packed folds all end together: judged here.
+            if not fold_end or packed:
+                stop_if_hopeless(fold, epoch, acc, fold_end=fold_end)
             if fold == 0 and epoch == 0:
                 interrupts.pause_point("training", trial=trial.number)
 
@@ -496,6 +505,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                         )
                     record(result, started)
                     if fold < run.folds - 1:
+                        stop_if_hopeless(fold, run.epochs - 1, result.accuracy, fold_end=run.pruner != "none")
                         interrupts.pause_point("between_folds", trial=trial.number)
         except Diverged as div:
             for key, value in div.attrs().items():

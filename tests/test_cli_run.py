@@ -195,13 +195,17 @@ def test_a_trial_clearly_behind_the_best_stops_at_the_end_of_a_fold(runner: CliR
         last = ev["folds"] * 2 - 1  # the last epoch of the fold where it stopped: the next fold never trained
         assert t.user_attrs["pruned_at"] == {"fold": ev["folds"] - 1, "epoch": 1}
         assert max(t.intermediate_values) == last
-        assert len(t.user_attrs.get("fold_scores", [])) == ev["folds"] - 1
+        # The fold it stopped at was trained to its end: its score counts, in the attributes and in the table.
+        scores = t.user_attrs["fold_scores"]
+        assert len(scores) == ev["folds"] and scores[-1] == t.intermediate_values[last]
+        assert ev["accuracy"] == pytest.approx(np.mean(scores), abs=0.01)  # folds of (nearly) equal size
     # show says why each of them stopped.
     shown = runner.invoke(app, ["show", "--study", "t"], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     for t in behind:
         ev = t.user_attrs["behind_best"]
         assert f"behind #{ev['best_trial']} @ fold {ev['folds'] - 1}" in shown.stdout, shown.stdout
+        assert f"{100 * np.mean(t.user_attrs['fold_scores']):.2f}%" in shown.stdout  # its CV over those folds
     # --pruner none: every trial trains all its folds.
     assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
     for t in load("n").get_trials():
@@ -230,6 +234,7 @@ def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path:
         chance = t.user_attrs["at_chance"]
         assert chance["fold"] == 0 and chance["accuracy"] <= chance["floor"] < 0.5
         assert sorted(t.intermediate_values) == [0, 1]  # the other folds never trained
+        assert t.user_attrs["fold_scores"] == [chance["accuracy"]]  # the fold it finished keeps its score
     assert "at chance @ fold 0" in runner.invoke(app, ["show", "--study", "t"], env={"COLUMNS": "250"}).stdout
     # --pruner none trains every fold, whatever it scores.
     assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
