@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates what README.md shows under "Reading the results" from a real search on digits:
 # docs/plot-history.png and docs/plot-stability.png, plus the table, the CSV excerpt and the retrain's summary
-# printed to stdout for pasting. Runs in a temporary folder, so no study of yours is touched. It took 2 minutes
+# printed to stdout for pasting. Runs in a temporary folder, so no study of yours is touched. It took 50-57 s
 # on 2 cores (2026-11-27).
 #
 #   bash docs/make_results.sh            # the defaults below
