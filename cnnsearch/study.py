@@ -433,6 +433,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
         seeds = [trial_seed(run.seed, origin, fold) for fold in range(run.folds)]
         # Packed training (below) ends all folds at once, so there is nothing to save at a fold's end.
         packed = pack and params.augment == "none" and not reused
+        fold_checks = run.pruner != "none"  # --pruner none turns the fold-end checks off too
 
         def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool) -> None:
             """Raise TrialPruned if the pruner says so or, at the end of a fold but the last, if the fold did no
@@ -461,7 +462,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             with interrupts.deferred():
                 trial.report(acc, fold * run.epochs + epoch)
                 emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-            fold_end = run.pruner != "none" and epoch == run.epochs - 1 and fold < run.folds - 1
+            fold_end = fold_checks and epoch == run.epochs - 1 and fold < run.folds - 1
             # Folds trained one by one are judged at their end once recorded (below), so that a trial stopped
             # there keeps the score of the fold it finished. Packed folds all end together: judged here.
             if not fold_end or packed:
@@ -505,7 +506,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                         )
                     record(result, started)
                     if fold < run.folds - 1:
-                        stop_if_hopeless(fold, run.epochs - 1, result.accuracy, fold_end=run.pruner != "none")
+                        stop_if_hopeless(fold, run.epochs - 1, result.accuracy, fold_end=fold_checks)
                         interrupts.pause_point("between_folds", trial=trial.number)
         except Diverged as div:
             for key, value in div.attrs().items():
