@@ -394,6 +394,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     run = config.run
     device = data.x.device
     pack = use_packing(run.pack_folds, device)
+    fold_checks = run.pruner != "none"  # --pruner none turns the fold-end checks off too
     folds = [(torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device))
              for tr, va in fold_indices(data.y.cpu().numpy(), run.folds, run.seed)]
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
@@ -433,7 +434,6 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
         seeds = [trial_seed(run.seed, origin, fold) for fold in range(run.folds)]
         # Packed training (below) ends all folds at once, so there is nothing to save at a fold's end.
         packed = pack and params.augment == "none" and not reused
-        fold_checks = run.pruner != "none"  # --pruner none turns the fold-end checks off too
 
         def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool) -> None:
             """Raise TrialPruned if the pruner says so or, at the end of a fold but the last, if the fold did no
