@@ -38,3 +38,25 @@ def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_st
     assert not stopped([0.1])  # step 0 is the warm-up
     assert stopped([0.1, 0.1])  # below the median (0.9) at step 1
     assert not stopped([0.1, 0.95])
+
+
+def test_the_margin_replay_in_bench_computes_what_behind_best_does(tmp_path: Path) -> None:
+    """``bench/replay_margin.py`` re-implements the behind-the-best margin to replay dumps; it must agree with
+    :func:`cnnsearch.pruning.behind_best`, stop for stop and margin for margin."""
+    from bench.replay_margin import RULES, margin_check
+    from cnnsearch.pruning import behind_best
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", direction="maximize")
+    finished = [[0.785, 0.951, 0.932], [0.93, 0.93, 0.894], [0.848, 0.961, 0.98]]
+    for scores in finished:
+        study.add_trial(optuna.trial.create_trial(value=sum(scores) / 3, user_attrs={"fold_scores": scores}))
+    done = [{"value": sum(s) / 3, "fold_scores": s} for s in finished]
+    verdicts = set()
+    for own in ([0.711], [0.711, 0.781], [0.9], [0.93, 0.95], [0.5, 0.6]):
+        real = behind_best(study, own, [1333, 1333, 1333], folds=3)
+        stop, margin, _ = margin_check(done, own, RULES["finished"](done, [], own), 1333)
+        assert stop == (real is not None)
+        if real is not None:
+            assert margin == pytest.approx(real["margin"])
+        verdicts.add(stop)
+    assert verdicts == {True, False}  # the cases exercise both outcomes
