@@ -123,8 +123,9 @@ def replay(paths: list[str], folds: int, val_size: int, workers: int) -> None:
     for name in RULES:
         if name != "finished":
             near = f"{closest[name]:.2f} points" if math.isfinite(closest[name]) else "none finished"
-            print(f"  {name}: {stops[name]} trials stopped earlier than on main, {saved[name]:.0f} s of training "
-                  f"saved ({100 * saved[name] / wall:.1f}%); the stopped trial closest to its round's best: {near}")
+            print(f"  {name}: {stops[name]} trials stopped earlier than on main, {saved[name]:.0f} s of worker time "
+                  f"saved ({100 * saved[name] / wall:.1f}% of the wall time, an upper bound on what the rounds would "
+                  f"save); the stopped trial closest to its round's best: {near}")
 
 
 def main() -> None:
