@@ -5,7 +5,8 @@ is more than ``2 * sqrt(2 p (1 - p) / n + 2 spread^2 / m)`` below the best finis
 ``spread`` is the training noise between folds. cnnsearch takes it as the median, over the finished trials, of the
 standard deviation of their fold scores; while one trial has finished, that one trial's spread alone sets the margin.
 
-This replays every fold end of every dumped cnnsearch round under:
+The margin and the median spread are ``cnnsearch.pruning``'s own (``behind_margin``, ``median_spread``). This
+replays every fold end of every dumped cnnsearch round under:
 - ``finished``: the rule on main (the replay must reproduce the dump's own stops, and prints how many it does);
 - ``seen``: the median over every trial's fold scores seen by then, two folds or more, stopped trials included
   (chance-floor stops excluded);
@@ -26,10 +27,11 @@ import glob
 import heapq
 import json
 import math
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cnnsearch.pruning import behind_margin, median_spread
 
 Trial = dict[str, Any]
 # A rule: (finished trials, fold scores seen so far of every trial, the judged trial's own folds) -> spread
@@ -37,8 +39,8 @@ Rule = Callable[[list[Trial], list[list[float]], list[float]], float]
 
 
 def _median_sd(groups: list[list[float]]) -> float:
-    sds = [statistics.pstdev(g) for g in groups if len(g) >= 2]
-    return statistics.median(sds) if sds else 0.0
+    """``median_spread`` over the groups of two scores or more (a single fold has no spread to measure)."""
+    return median_spread(g for g in groups if len(g) >= 2)
 
 
 RULES: dict[str, Rule] = {
@@ -66,10 +68,8 @@ def margin_check(done: list[Trial], own: list[float], spread: float, val_size: i
     with equal fold sizes."""
     best = max(done, key=lambda t: t["value"])
     m = len(own)
-    n = val_size * m
     mine, ref = sum(own) / m, sum(best["fold_scores"][:m]) / m
-    p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
-    margin = 2.0 * math.sqrt(2 * p * (1 - p) / n + 2 * spread**2 / m)
+    margin = behind_margin(ref, val_size * m, m, spread, z=2.0)
     return mine < ref - margin, margin, ref - mine
 
 

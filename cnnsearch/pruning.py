@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -65,18 +65,29 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
     n = sum(sizes[:m])
     mine = sum(a * k for a, k in zip(seen, sizes[:m], strict=True)) / n
     ref = sum(a * k for a, k in zip(theirs[:m], sizes[:m], strict=True)) / n
-    p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
     spread = fold_spread(study, folds)
-    margin = z * math.sqrt(2 * p * (1 - p) / n + 2 * spread**2 / m)
+    margin = behind_margin(ref, n, m, spread, z)
     if mine >= ref - margin:
         return None
     return {"folds": m, "accuracy": mine, "best_trial": best.number, "best_accuracy": ref, "margin": margin,
             "fold_spread": spread}
 
 
+def behind_margin(ref: float, n: int, m: int, spread: float, z: float) -> float:
+    """How far below the best trial's mean ``ref`` over ``m`` folds (``n`` validation images) a trial's mean must be
+    to count as clearly behind: ``z`` standard errors of the difference, sampling and training noise together."""
+    p = min(max(ref, 0.5 / n), 1 - 0.5 / n)
+    return z * math.sqrt(2 * p * (1 - p) / n + 2 * spread**2 / m)
+
+
 def fold_spread(study: optuna.Study, folds: int) -> float:
-    """The typical training noise between folds: the median, over the trials that finished all ``folds`` folds, of
-    the standard deviation of their fold scores (0 when none has)."""
-    spreads = [statistics.pstdev(scores) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if isinstance(scores := t.user_attrs.get("fold_scores"), list) and len(scores) == folds]
+    """The typical training noise between folds: :func:`median_spread` over the trials that finished all ``folds``
+    folds."""
+    return median_spread(scores for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                         if isinstance(scores := t.user_attrs.get("fold_scores"), list) and len(scores) == folds)
+
+
+def median_spread(fold_scores: Iterable[Sequence[float]]) -> float:
+    """The median, over trials, of the standard deviation of each trial's fold scores (0 when there are none)."""
+    spreads = [statistics.pstdev(scores) for scores in fold_scores]
     return statistics.median(spreads) if spreads else 0.0

@@ -41,8 +41,9 @@ def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_st
 
 
 def test_the_margin_replay_in_bench_computes_what_behind_best_does(tmp_path: Path) -> None:
-    """``bench/replay_margin.py`` re-implements the behind-the-best margin to replay dumps; it must agree with
-    :func:`cnnsearch.pruning.behind_best`, stop for stop and margin for margin."""
+    """``bench/replay_margin.py`` re-creates the behind-the-best check from dumped trials (the best, the means over
+    the folds seen, the spread rule on main); it must agree with :func:`cnnsearch.pruning.behind_best`, stop for stop
+    and margin for margin."""
     from bench.replay_margin import RULES, margin_check
     from cnnsearch.pruning import behind_best
 
