@@ -14,6 +14,10 @@ that were actually trained (pruning and divergence stops save the rest).
 
     python -m bench.bench_vs_script --dataset digits --trials 30 --epochs 10
     python -m bench.bench_vs_script --dataset mnist --trials 20 --epochs 5 --max-samples 10000
+
+``--only cnnsearch`` runs cnnsearch's side alone and prints each round's wall time and best: a quick screen of a
+variant against rounds already measured (the reference is seeded and single-process, so its bests repeat; its
+times do not, so only a paired run gives a speed ratio).
 """
 
 from __future__ import annotations
@@ -202,6 +206,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="Rounds of both sides (alternating).")
+    parser.add_argument("--only", choices=["cnnsearch"], default=None,
+                        help="Run cnnsearch's side alone (a screen; no ratios).")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset-spec", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dump", default=None, help="Write each side's trials (params, seconds) as JSON to "
@@ -230,7 +236,8 @@ def main() -> None:
             budget = ["--folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(seed)]
             if args.max_samples:
                 budget += ["--max-samples", str(args.max_samples)]
-            for side in ("cnnsearch", "reference") if r % 2 == 0 else ("reference", "cnnsearch"):
+            order = ("cnnsearch", "reference") if r % 2 == 0 else ("reference", "cnnsearch")
+            for side in [s for s in order if args.only in (None, s)]:
                 if side == "cnnsearch":
                     times[side].append(run_cnnsearch(spec, args, budget, Path(tmp), r))
                     results[side].append(cnnsearch_result(Path(tmp) / f"bench{r}.db", f"bench{r}",
@@ -247,6 +254,12 @@ def main() -> None:
                 print(f"  round {r} (seed {seed}) {side}: {times[side][-1]:.1f} s, best "
                       f"{100 * (results[side][-1]['best'] or 0):.2f}%", file=sys.stderr, flush=True)
     total = args.trials * args.folds * args.epochs
+    if args.only:
+        print_table(f"{args.dataset}: {args.trials} trials x {args.folds} folds x {args.epochs} epochs, {args.only} "
+                    "alone", ["seed", "wall s", "best CV accuracy", "fold-epochs trained"],
+                    [[args.seed + r, f"{t:.1f}", f"{100 * (res['best'] or 0):.2f}%", f"{res['trained']}/{total}"]
+                     for r, (t, res) in enumerate(zip(times[args.only], results[args.only], strict=True))])
+        return
     rows = []
     for name in ("reference", "cnnsearch"):
         bests = [r["best"] for r in results[name] if r["best"] is not None]
