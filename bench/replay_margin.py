@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnsearch.config import RunSettings
 from cnnsearch.pruning import behind_margin, median_spread
 
 Trial = dict[str, Any]
@@ -65,11 +66,11 @@ def fold_ends(trials: list[Trial], workers: int) -> dict[int, list[float]]:
 
 def margin_check(done: list[Trial], own: list[float], spread: float, val_size: int) -> tuple[bool, float, float]:
     """(stop, margin, how far behind) for a trial whose first folds scored ``own``, as ``behind_best`` computes it
-    with equal fold sizes."""
+    with equal fold sizes and the default ``--behind-margin``."""
     best = max(done, key=lambda t: t["value"])
     m = len(own)
     mine, ref = sum(own) / m, sum(best["fold_scores"][:m]) / m
-    margin = behind_margin(ref, val_size * m, m, spread, z=2.0)
+    margin = behind_margin(ref, val_size * m, m, spread, z=RunSettings().behind_margin)
     return mine < ref - margin, margin, ref - mine
 
 
