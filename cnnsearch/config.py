@@ -284,7 +284,7 @@ class RunSettings:
     max_samples: int | None = None  # stratified subsample of the data (quick runs, tests)
     workers: int | None = None  # worker processes on this machine; None -> auto (see cnnsearch.workers)
     allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
-    threads: int | None = None  # torch intra-op threads per worker; None -> cores / workers
+    threads: int | None = None  # torch intra-op threads per worker, fixed; None -> cores shared (workers.CoreShare)
     timeout: float | None = None  # seconds from the start of this run; no new trial starts after it
     data_dir: str | None = None  # torchvision files and the image-folder cache; None -> $CNNSEARCH_DATA_DIR or ~/.cache
     download: bool = False  # let torchvision fetch missing dataset files

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from cnnsearch.data import Dataset
     from cnnsearch.space import TrialParams
+    from cnnsearch.workers import CoreSlot
 
 SETTINGS_ATTR = "cnnsearch_settings"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -367,7 +368,8 @@ def trial_seed(study_seed: int, number: int, fold: int) -> int:
 
 
 def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna.storages.RDBStorage | None = None,
-                   on_start: Callable[[], None] = lambda: None) -> Callable[[optuna.Trial], float]:
+                   on_start: Callable[[], None] = lambda: None,
+                   fit_threads: Callable[[], None] = lambda: None) -> Callable[[optuna.Trial], float]:
     """The function Optuna calls: k folds of training, reported with global step ``fold * epochs + epoch``.
 
     The folds are cut from ``data`` (already on the training device) and their normalisation statistics
@@ -375,8 +377,10 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     (:mod:`cnnsearch.packed`). A trial re-queued after its worker died or was interrupted inherits the dead
     trial's attributes: it takes over the folds that had finished and trains only the rest, with the fold seeds
     of the original trial, so it ends where the original would have. Args ``storage`` (needed for that and for
-    re-queuing an interrupted trial) and ``on_start`` (called first, to release the
-    :class:`~cnnsearch.claim.TrialClaim`).
+    re-queuing an interrupted trial), ``on_start`` (called first, to release the
+    :class:`~cnnsearch.claim.TrialClaim`) and ``fit_threads`` (called as each trial starts and after every epoch,
+    to resize torch's threads to the cores free now). The trial's ``threads`` attribute is the most threads it
+    trained with.
     """
     import time
 
@@ -422,6 +426,8 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             if inherited.get(key):
                 trial.set_user_attr(key, None)
         emit(TrialStarted(trial.number, params.to_dict()))
+        fit_threads()
+        most_threads = torch.get_num_threads()
         reused = reusable_folds(inherited)
         scores, ratios, curves, seconds = reused.scores, reused.l2_ratios, reused.curves, reused.seconds
         for fold, curve in enumerate(curves):
@@ -459,6 +465,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                 raise optuna.TrialPruned(f"{why} at fold {fold}, epoch {epoch}")
 
         def on_epoch(fold: int, epoch: int, acc: float) -> None:
+            nonlocal most_threads
             with interrupts.deferred():
                 trial.report(acc, fold * run.epochs + epoch)
                 emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
@@ -469,8 +476,11 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                 stop_if_hopeless(fold, epoch, acc, fold_end=fold_end)
             if fold == 0 and epoch == 0:
                 interrupts.pause_point("training", trial=trial.number)
+            fit_threads()
+            most_threads = max(most_threads, torch.get_num_threads())
 
         def record(result: FoldResult, started: float) -> None:
+            trial.set_user_attr("threads", most_threads)
             scores.append(result.accuracy)
             ratios.append(result.l2_ratio)
             curves.append(result.curve)
@@ -649,7 +659,7 @@ def stored_config(name: str, url: str) -> Config:
 
 def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, worker: int = 0,
                heartbeat: bool = True, ready: Callable[[], None] | None = None,
-               deadline: float | None = None) -> SearchResult:
+               deadline: float | None = None, cores: CoreSlot | None = None) -> SearchResult:
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
 
     One worker's loop; several processes or machines may run it on one study at once. Before each trial it
@@ -668,6 +678,9 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
             workers wait there for each other, so that the first one up does not take every trial.
         deadline: The ``time.time()`` after which no trial starts (``--timeout`` counted from when the command
             started, set by :func:`cnnsearch.workers.run_workers`); None: ``config.run.timeout`` from this call.
+        cores: This worker's place among the local workers that share the machine's cores
+            (:class:`cnnsearch.workers.CoreShare`): its state is kept there, and its torch threads follow the
+            cores the other workers leave free. None: ``config.run.threads`` throughout.
 
     Raises:
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.interrupts.handled`):
@@ -706,8 +719,19 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
 
     if ready is not None:
         ready()
+    from cnnsearch.workers import IDLE, PARKED, TRAINING
+
+    def share(state: int) -> None:
+        if cores is not None:
+            cores.set(state)
+
+    def fit_threads() -> None:
+        if cores is not None:
+            set_threads(cores.threads())
+
     with TrialClaim(storage, run.study, _sqlite_path(run.storage_url)) as claim:
-        objective = make_objective(config, data, emit, storage=storage, on_start=claim.release)
+        objective = make_objective(config, data, emit, storage=storage, on_start=claim.release,
+                                   fit_threads=fit_threads)
         if deadline is None:
             deadline = math.inf if run.timeout is None else time.time() + run.timeout
         while time.time() < deadline:
@@ -724,12 +748,16 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
                     break
                 if done + running < run.n_trials:
                     # One trial per call: the claim is released as the trial starts.
+                    share(TRAINING)
                     study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+                    share(IDLE)
                     result.ran += 1
                     continue
             finally:
                 claim.release()
+            share(PARKED)  # nothing left to start: the workers still training may use this one's cores
             interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
+    share(PARKED)  # done, or past the deadline
     result.rows = trial_rows(study)
     result.notes = divergence_notes(result.rows)
     done, _ = finished_count(study)

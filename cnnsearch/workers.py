@@ -8,11 +8,22 @@ per worker, so a worker killed in the middle of a message cannot corrupt the oth
 Start: on Linux with the CPU as device the workers are forked from the main process once it has imported torch
 and loaded the data, so they start in milliseconds instead of seconds (a spawned worker re-imports torch and
 ``torch._dynamo`` and reloads the data: about 5 s of CPU each on the 2-core machine this was written on).
-Three things make that fork safe. The main process runs no multi-threaded torch code before it (it sets torch
-to 1 thread first), so no OpenMP thread pool exists to be inherited; it closes its database connections, so no
+Three things make that fork safe. No OpenMP thread pool may exist in the main process: a forked child cannot use
+it, and hangs in its first parallel region on more than one thread (FACTS: a child forked after the parent ran a
+2-thread convolution never returned). The main process sets torch to 1 thread before its own torch work, and
+where the workers may use more than one thread, a probe child forked first must run one 2-thread operation
+within :data:`PROBE_WAIT` (a library caller, or the CLI on data whose loading ran on several threads, may already
+hold a pool). Where it does not, workers of one thread each are forked without sharing the cores, and others
+are spawned. The main process also closes its database connections, so no
 SQLite or PostgreSQL connection is shared with a child; and each child puts back the real standard streams
 that the progress display had replaced. CUDA cannot be forked once initialised, and macOS frameworks are not
 fork-safe: there, and for ``--device cuda``, the workers are spawned.
+
+Cores: unless ``--threads`` is given, the workers share the machine's cores through a small shared array, one
+state per worker (between trials, training, or parked with nothing left to start). A worker re-counts its torch
+threads at the start of each trial and after every epoch as ``cores // workers not parked``, so the last trials
+of a study, once the other workers have nothing left to start, train on all the cores instead of leaving them
+idle. A dead worker's state is set to parked by the main process.
 
 Signals: the workers ignore SIGINT, so a Ctrl-C in the terminal, which reaches the whole process group,
 is routed through the main process alone. It passes a first SIGINT or SIGTERM on to each worker as SIGTERM
@@ -30,20 +41,28 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.study import Emit, SearchResult, TrialFinished, _ignore
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
     from multiprocessing.synchronize import Barrier
 
     import optuna
 
     from cnnsearch.config import Config
 
+
+IDLE, TRAINING, PARKED = 0, 1, 2
+"""The states of a local worker in :class:`CoreShare`: between trials, training one, or nothing left to start."""
+
+PROBE_WAIT = 1.0
+"""Seconds the fork probe (:func:`fork_keeps_threads`) may take; it took 0.025 s where a fork is safe (2 cores)."""
 
 START_WAIT = 120.0
 """Seconds a local worker waits for the others to be set up before its first trial."""
@@ -56,6 +75,41 @@ class WorkerFailed:
     index: int
     message: str
     exit_code: int
+
+
+def threads_for(cores: int, states: Sequence[int]) -> int:
+    """Torch threads for each worker that is not parked: the cores split evenly among them, at least 1."""
+    active = sum(state != PARKED for state in states)
+    return max(1, cores // max(1, active))
+
+
+class CoreShare:
+    """The states of this machine's local workers, in shared memory, from which each worker sizes its threads.
+
+    Each worker writes only its own state; the main process writes a worker's state once that worker is gone.
+    """
+
+    def __init__(self, ctx: BaseContext, n: int, cores: int) -> None:
+        self.states = ctx.Array("b", n, lock=False)  # all IDLE (0)
+        self.cores = cores
+
+    def slot(self, index: int) -> CoreSlot:
+        return CoreSlot(self.states, index, self.cores)
+
+
+@dataclass(frozen=True)
+class CoreSlot:
+    """One worker's view of :class:`CoreShare`: its own state, and the threads it may use now."""
+
+    states: Any  # a shared ctypes array of the workers' states
+    index: int
+    cores: int
+
+    def set(self, state: int) -> None:
+        self.states[self.index] = state
+
+    def threads(self) -> int:
+        return threads_for(self.cores, list(self.states))
 
 
 def resolve_workers(requested: int | None, trials_left: int, cores: int) -> int:
@@ -126,16 +180,52 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     done, running = finished_count(study)
     cores = cpu_cores()
     n = resolve_workers(run.workers, run.n_trials - done - running, cores)
+    share = run.threads is None  # --threads fixes each worker's threads; else the workers share the cores
     config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
     if n == 1:
         return run_search(config, emit, widen=widen, worker=first_worker, deadline=deadline)
-    if method == "spawn":
-        return _run_processes(config, emit, n, first_worker, study, method, deadline)
-    storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
+    most = cores if share else config.run.threads or 1  # the most threads a worker may use
+    if method == "fork" and most > 1 and not fork_keeps_threads():
+        # This process holds an OpenMP pool: a forked worker would hang on more than one thread. Workers of one
+        # thread each are still forked (they do not share the cores then); others are spawned.
+        if config.run.threads == 1:
+            share = False
+        else:
+            method = "spawn"
+    if method == "fork":
+        storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
     try:
-        return _run_processes(config, emit, n, first_worker, study, method, deadline)
+        return _run_processes(config, emit, n, first_worker, study, method, deadline, cores if share else None)
     finally:
         set_threads(threads_before)  # for whatever this process trains next (a library caller's retrain)
+
+
+def fork_keeps_threads(wait: float = PROBE_WAIT) -> bool:
+    """Whether a child forked now can run torch on two threads: a probe child tries one 2-thread operation.
+
+    It hangs where this process already holds an OpenMP thread pool (see the module's docstring); then it is
+    killed after ``wait`` seconds and the answer is False.
+    """
+    pid = os.fork()
+    if pid == 0:  # the probe: nothing but torch, then out without running any exit handler of the parent
+        code = 1
+        try:
+            import torch
+
+            torch.set_num_threads(2)
+            torch.ones(1 << 17).mul_(2)  # above torch's grain size: one parallel region on both threads
+            code = 0
+        finally:
+            os._exit(code)
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
 
 
 def start_method(device_type: str) -> str:
@@ -144,7 +234,9 @@ def start_method(device_type: str) -> str:
 
 
 def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study: optuna.Study,
-                   method: str, deadline: float | None) -> SearchResult:
+                   method: str, deadline: float | None, cores: int | None) -> SearchResult:
+    """Start ``n`` workers and relay their events until all have ended. ``cores``: the cores they share
+    (:class:`CoreShare`), or None when each keeps ``config.run.threads``."""
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
@@ -157,10 +249,12 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     # Children inherit an ignored SIGINT across exec, so a Ctrl-C cannot reach them before they start.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     started = ctx.Barrier(n)
+    share = None if cores is None else CoreShare(ctx, n, cores)
     try:
         for i in range(n):
             reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer, started, deadline),
+            slot = None if share is None else share.slot(i)
+            proc = ctx.Process(target=_worker_main, args=(config, first_worker + i, writer, started, deadline, slot),
                                name=f"cnnsearch-worker-{i}")
             proc.start()
             writer.close()  # only the worker holds its write end: its death ends our reads with EOFError
@@ -187,6 +281,8 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
             try:
                 message = conn.recv()
             except (EOFError, OSError):  # the worker ended
+                if share is not None:
+                    share.slot(readers[conn]).set(PARKED)  # killed or not, it holds no cores now
                 del readers[conn]
                 started.abort()  # if it died before its first trial, the others stop waiting for it
                 continue
@@ -220,7 +316,8 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     return result
 
 
-def _worker_main(config: Config, index: int, conn: Connection, started: Barrier, deadline: float | None) -> None:
+def _worker_main(config: Config, index: int, conn: Connection, started: Barrier, deadline: float | None,
+                 cores: CoreSlot | None) -> None:
     """A worker process: the trial loop, with events sent to the main process.
 
     Every worker waits at ``started`` until all are set up (importing torch and loading the data take seconds),
@@ -245,7 +342,7 @@ def _worker_main(config: Config, index: int, conn: Connection, started: Barrier,
     code = 0
     with interrupts.handled(signals=(signal.SIGTERM,)):
         try:
-            run_search(config, emit, worker=index, ready=lambda: _wait(started), deadline=deadline)
+            run_search(config, emit, worker=index, ready=lambda: _wait(started), deadline=deadline, cores=cores)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
         except CnnSearchError as exc:

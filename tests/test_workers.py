@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -15,8 +16,8 @@ from typer.testing import CliRunner
 
 from cnnsearch.cli import app
 from cnnsearch.config import RunSettings
-from cnnsearch.study import stored_config
-from cnnsearch.workers import resolve_workers, start_method
+from cnnsearch.study import cpu_cores, stored_config
+from cnnsearch.workers import IDLE, PARKED, TRAINING, resolve_workers, start_method, threads_for
 from tests.conftest import cli_env
 
 SMALL = ["--epochs", "1", "--folds", "2", "--max-samples", "60", "--layers", "1", "--width", "16",
@@ -107,3 +108,85 @@ def test_forked_workers_share_the_work_and_the_caller_keeps_its_torch_threads(ru
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # two processes other than this one did the work
     assert os.getpid() not in {t.user_attrs["pid"] for t in trials}
     assert torch.get_num_threads() == before
+
+
+def test_threads_split_the_cores_among_the_workers_not_parked() -> None:
+    assert threads_for(2, [IDLE, TRAINING]) == 1  # a worker between trials is about to start another
+    assert threads_for(2, [PARKED, TRAINING]) == 2  # nothing left for the other: the last trial takes both
+    assert threads_for(16, [TRAINING, PARKED, IDLE]) == 8
+    assert threads_for(16, [TRAINING, TRAINING, TRAINING]) == 5
+    assert threads_for(2, [TRAINING, TRAINING, TRAINING]) == 1  # more workers than cores: one thread each
+    assert threads_for(4, [PARKED, PARKED]) == 4
+
+
+TAIL = ["-n", "3", "--workers", "2", "--epochs", "4", "--folds", "2", "--max-samples", "200", "--layers", "2",
+        "--width", "16", "--batch-size", "32", "--pruner", "none", "--test-fraction", "0"]
+"""Two workers, three trials of one small architecture: the third trial runs while the other worker has nothing
+left to start."""
+
+
+def trial_threads(name: str, where: Path) -> list[int]:
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{where}/studies/{name}.db").get_trials()
+    return sorted(t.user_attrs["threads"] for t in trials)
+
+
+@pytest.mark.skipif(cpu_cores() < 2, reason="needs two cores to share")
+def test_the_last_trial_takes_the_cores_the_parked_worker_left(in_tmp: Path, runner: CliRunner) -> None:
+    # The real CLI (forked workers): the worker with nothing left to start parks, and the trial still running
+    # goes on with all the cores from its next epoch. --threads pins every worker's threads instead.
+    proc = subprocess.run([sys.executable, "-m", "cnnsearch", "run", "--study", "s", *TAIL], cwd=in_tmp,
+                          env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    cores = cpu_cores()
+    assert trial_threads("s", in_tmp) == [cores // 2, cores // 2, cores]
+    assert runner.invoke(app, ["run", "--study", "p", "--threads", "1", *TAIL]).exit_code == 0
+    assert trial_threads("p", in_tmp) == [1, 1, 1]
+
+
+PROBE = """
+import sys, torch
+from cnnsearch.workers import fork_keeps_threads
+if sys.argv[1] == "pool":  # what a caller that trained on two threads leaves behind, even back at one thread
+    torch.set_num_threads(2)
+    torch.nn.Conv2d(16, 32, 3)(torch.randn(64, 16, 28, 28))
+torch.set_num_threads(1)
+print(fork_keeps_threads(wait=2.0))
+"""
+
+
+def test_the_fork_probe_tells_whether_a_forked_child_can_use_threads() -> None:
+    said = {}
+    for state in ("clean", "pool"):
+        proc = subprocess.run([sys.executable, "-c", PROBE, state], env=cli_env(), capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        said[state] = proc.stdout.strip()
+    assert said == {"clean": "True", "pool": "False"}
+
+
+CALLER = """
+import sys, torch
+from typer.testing import CliRunner
+from cnnsearch.cli import app
+torch.set_num_threads(2)
+torch.nn.Conv2d(16, 32, 3)(torch.randn(64, 16, 28, 28))  # this process now holds a 2-thread OpenMP pool
+result = CliRunner().invoke(app, ["run", "--study", "c", *sys.argv[1:]])
+print(result.exit_code, result.output[-2000:])
+"""
+
+
+@pytest.mark.skipif(cpu_cores() < 2, reason="needs two cores to share")
+def test_a_caller_that_already_trained_on_threads_gets_workers_that_do_not_hang(in_tmp: Path) -> None:
+    # Forked from such a process, a worker would hang on two threads. The probe sees it: one thread per worker
+    # (2 cores) forks them without sharing the cores; more threads spawn them, and they share the cores.
+    proc = subprocess.Popen([sys.executable, "-c", CALLER, *TAIL], cwd=in_tmp, env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the hung workers with it
+        proc.communicate()
+        pytest.fail("the run hung")
+    assert proc.returncode == 0 and out.startswith("0 "), out + err
+    half = cpu_cores() // 2
+    assert trial_threads("c", in_tmp) == ([1, 1, 1] if half == 1 else [half, half, 2 * half])
