@@ -9,6 +9,7 @@ table gives medians, so a load change on the machine hits both sides alike.
     python bench/bench_workers.py --quick         # a tiny budget, to check that it works (about 5 minutes)
     python bench/bench_workers.py --only throughput,kill
     python bench/bench_workers.py --only throughput --space default   # the same draws from the default space
+    python bench/bench_workers.py --only tail --tail-data mnist --repeats 5   # the last trial alone, 28x28
 """
 
 from __future__ import annotations
@@ -340,9 +341,57 @@ def ceiling(a: argparse.Namespace) -> None:
                  "ratio of medians"], rows)
 
 
+def tail(a: argparse.Namespace) -> None:
+    """The cores a worker leaves when it has nothing left to start: 2 workers, 3 trials of one architecture, so
+    that the third trial runs alone. ``--threads 1`` keeps each worker at one thread (the behaviour before the
+    workers shared the cores); the default lets the lone worker take the parked worker's cores.
+
+    ``--tail-data mnist`` runs it on the MNIST test set (28x28) as ``npz:PATH``, else on digits (8x8).
+    """
+    cores = cpu_count()
+    spec: list[str] = []
+    tmp = fresh()
+    if a.tail_data == "mnist":
+        from bench.common import mnist_npz
+
+        spec = ["--dataset", f"npz:{mnist_npz(tmp / 'mnist.npz')}", "--max-samples", "300" if a.quick else "3000"]
+    budget = ["-n", "3", "--epochs", str(a.epochs), "--folds", str(a.folds), *spec,
+              *(a.samples if a.tail_data == "digits" else []), *FIXED, "--workers", str(cores)]
+    sides = {"--threads 1 (each worker keeps 1 thread)": ["--threads", "1"], "shared cores (default)": []}
+    walls: dict[str, list[float]] = {k: [] for k in sides}
+    alone: dict[str, list[float]] = {k: [] for k in sides}
+    firsts: dict[str, list[float]] = {k: [] for k in sides}
+    for rep in range(a.repeats):
+        for side in list(sides) if rep % 2 == 0 else list(sides)[::-1]:
+            where = fresh()
+            wall, _ = run_cli(["run", "--study", "t", *budget, *sides[side]], where)
+            trials = sorted(load(where, "t"), key=lambda t: t.datetime_start)
+            assert len(trials) == 3, [t.state for t in trials]
+            secs = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+            walls[side].append(wall)
+            firsts[side].append(statistics.median(secs[:2]))
+            alone[side].append(secs[2])
+            threads = [t.user_attrs.get("threads") for t in trials]
+            print(f"  {side} rep={rep}: {wall:.1f} s wall, trials {' '.join(f'{x:.1f}' for x in secs)} s, "
+                  f"threads {threads}", file=sys.stderr)
+            shutil.rmtree(where)
+    shutil.rmtree(tmp)
+    base = next(iter(sides))
+    rows = []
+    for side in sides:
+        rows.append([side, " ".join(f"{x:.1f}" for x in walls[side]), f"{statistics.median(walls[side]):.1f}",
+                     f"{statistics.median(walls[base]) / statistics.median(walls[side]):.2f}x",
+                     f"{statistics.median(firsts[side]):.1f}", f"{statistics.median(alone[side]):.1f}",
+                     f"{statistics.median(firsts[side]) / statistics.median(alone[side]):.2f}x"])
+    print_table(f"The last trial alone ({a.tail_data}, {cores} workers on {cores} cores, 3 trials of one architecture, "
+                f"{a.folds} folds x {a.epochs} epochs)",
+                ["side", "wall s (each run)", "median wall s", "speed-up", "first two trials s (median)",
+                 "third trial s (median)", "third trial's speed-up"], rows)
+
+
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], None]] = {
     "throughput": throughput, "ceiling": ceiling, "locks": lock_errors, "heartbeat": heartbeat, "kill": kills,
-    "reuse": fold_reuse,
+    "reuse": fold_reuse, "tail": tail,
 }
 
 
@@ -356,6 +405,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, help="Trials per throughput and heartbeat run (overrides the budget).")
     p.add_argument("--epochs", type=int, help="Epochs per fold (overrides the budget).")
     p.add_argument("--repeats", type=int, help="Runs per side (overrides the budget).")
+    p.add_argument("--tail-data", choices=["digits", "mnist"], default="digits",
+                   help="Data of the tail measurement: digits, or the MNIST test set (28x28).")
     a = p.parse_args()
     given = {k: getattr(a, k) for k in ("trials", "epochs", "repeats")}
     if a.quick:
