@@ -147,13 +147,17 @@ def time_to(done: list[tuple[float, float]], target: float) -> float | None:
 
 
 def trial_rows(trials: list[Any]) -> list[dict[str, Any]]:
-    """Each trial's params, state, fold-epochs reported and seconds, for a look at where the time went."""
+    """Each trial's params, state, fold-epochs reported, the accuracy reported at each of them (``curve``, by
+    global step), seconds, start and end (ISO times), for a look at where the time went."""
     return [{"number": t.number, "state": t.state.name, "diverged": bool(t.user_attrs.get("diverged")),
              "stopped_by": stopped_by(t),
              "fold_scores": t.user_attrs.get("fold_scores"),
              "params": t.params, "steps": len(t.intermediate_values),
+             "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
              "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-             if t.datetime_complete and t.datetime_start else None, "value": t.value} for t in trials]
+             if t.datetime_complete and t.datetime_start else None, "value": t.value,
+             "start": t.datetime_start.isoformat() if t.datetime_start else None,
+             "end": t.datetime_complete.isoformat() if t.datetime_complete else None} for t in trials]
 
 
 def cnnsearch_result(db: Path, study: str, per_trial: int, dump: str | None = None) -> dict[str, Any]:
