@@ -8,16 +8,16 @@ per worker, so a worker killed in the middle of a message cannot corrupt the oth
 Start: on Linux with the CPU as device the workers are forked from the main process once it has imported torch
 and loaded the data, so they start in milliseconds instead of seconds (a spawned worker re-imports torch and
 ``torch._dynamo`` and reloads the data: about 5 s of CPU each on the 2-core machine this was written on).
-Three things make that fork safe. No OpenMP thread pool may exist in the main process: a forked child cannot use
-it, and hangs in its first parallel region on more than one thread (FACTS: a child forked after the parent ran a
-2-thread convolution never returned). The main process sets torch to 1 thread before its own torch work, and
-where the workers may use more than one thread, a probe child forked first must run one 2-thread operation
-within :data:`PROBE_WAIT` (a library caller, or the CLI on data whose loading ran on several threads, may already
-hold a pool). Where it does not, workers of one thread each are forked without sharing the cores, and others
-are spawned. The main process also closes its database connections, so no
-SQLite or PostgreSQL connection is shared with a child; and each child puts back the real standard streams
-that the progress display had replaced. CUDA cannot be forked once initialised, and macOS frameworks are not
-fork-safe: there, and for ``--device cuda``, the workers are spawned.
+Three things make that fork safe. First, no OpenMP thread pool may exist in the main process: a forked child
+cannot use it, and hangs in its first parallel region on more than one thread (here, a child forked after the
+parent had run one 2-thread convolution never returned; tests/test_workers.py). The main process sets torch to
+1 thread before its own torch work; and where the workers may use more than one thread, a probe child forked
+first must run one 2-thread operation within :data:`PROBE_WAIT`, since a library caller, or the CLI on data whose
+loading ran on several threads, may already hold a pool. Where the probe fails, workers of one thread each are
+forked without sharing the cores, and others are spawned. Second, the main process closes its database
+connections, so no SQLite or PostgreSQL connection is shared with a child. Third, each child puts back the real
+standard streams that the progress display had replaced. CUDA cannot be forked once initialised, and macOS
+frameworks are not fork-safe: there, and for ``--device cuda``, the workers are spawned.
 
 Cores: unless ``--threads`` is given, the workers share the machine's cores through a small shared array, one
 state per worker (between trials, training, or parked with nothing left to start). A worker re-counts its torch

@@ -17,7 +17,16 @@ from typer.testing import CliRunner
 from cnnsearch.cli import app
 from cnnsearch.config import RunSettings
 from cnnsearch.study import cpu_cores, stored_config
-from cnnsearch.workers import IDLE, PARKED, TRAINING, resolve_workers, start_method, threads_for
+from cnnsearch.workers import (
+    IDLE,
+    PARKED,
+    TRAINING,
+    CoreShare,
+    CoreSlot,
+    resolve_workers,
+    start_method,
+    threads_for,
+)
 from tests.conftest import cli_env
 
 SMALL = ["--epochs", "1", "--folds", "2", "--max-samples", "60", "--layers", "1", "--width", "16",
@@ -117,6 +126,26 @@ def test_threads_split_the_cores_among_the_workers_not_parked() -> None:
     assert threads_for(16, [TRAINING, TRAINING, TRAINING]) == 5
     assert threads_for(2, [TRAINING, TRAINING, TRAINING]) == 1  # more workers than cores: one thread each
     assert threads_for(4, [PARKED, PARKED]) == 4
+
+
+def _train_in_child(slot: CoreSlot, seen: CoreSlot) -> None:
+    slot.set(TRAINING)
+    seen.set(slot.threads())  # what this child may use, written where the parent can read it
+
+
+def test_the_worker_states_cross_a_spawn_both_ways() -> None:
+    # Spawned workers (CUDA, or a parent that holds an OpenMP pool) get the shared array by pickling.
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    share, seen = CoreShare(ctx, 2, cores=4), CoreShare(ctx, 1, cores=4)
+    share.slot(1).set(PARKED)
+    child = ctx.Process(target=_train_in_child, args=(share.slot(0), seen.slot(0)))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    assert list(share.states) == [TRAINING, PARKED]  # the child's write, seen here
+    assert list(seen.states) == [4]  # the parent's PARKED, seen there: the one worker training takes all 4 cores
 
 
 TAIL = ["-n", "3", "--workers", "2", "--epochs", "4", "--folds", "2", "--max-samples", "200", "--layers", "2",
