@@ -210,8 +210,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="Rounds of both sides (alternating).")
-    parser.add_argument("--only", choices=["cnnsearch"], default=None,
-                        help="Run cnnsearch's side alone (a screen; no ratios).")
+    parser.add_argument("--only", choices=["cnnsearch", "reference"], default=None,
+                        help="Run one side alone: a screen of cnnsearch, or the reference's curves for a replay "
+                             "(no ratios).")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset-spec", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dump", default=None, help="Write each side's trials (params, seconds) as JSON to "
