@@ -200,12 +200,19 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
         set_threads(threads_before)  # for whatever this process trains next (a library caller's retrain)
 
 
+_holds_pool = False
+"""Set once a probe has hung: an OpenMP pool, once made, lasts as long as the process, so the answer stays False."""
+
+
 def fork_keeps_threads(wait: float = PROBE_WAIT) -> bool:
     """Whether a child forked now can run torch on two threads: a probe child tries one 2-thread operation.
 
     It hangs where this process already holds an OpenMP thread pool (see the module's docstring); then it is
-    killed after ``wait`` seconds and the answer is False.
+    killed after ``wait`` seconds and the answer is False, now and for the rest of this process.
     """
+    global _holds_pool
+    if _holds_pool:
+        return False
     pid = os.fork()
     if pid == 0:  # the probe: nothing but torch, then out without running any exit handler of the parent
         code = 1
@@ -225,6 +232,7 @@ def fork_keeps_threads(wait: float = PROBE_WAIT) -> bool:
         time.sleep(0.005)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+    _holds_pool = True
     return False
 
 
