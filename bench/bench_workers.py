@@ -356,7 +356,7 @@ def tail(a: argparse.Namespace) -> None:
 
         spec = ["--dataset", f"npz:{mnist_npz(tmp / 'mnist.npz')}", "--max-samples", "300" if a.quick else "3000"]
     budget = ["-n", "3", "--epochs", str(a.epochs), "--folds", str(a.folds), *spec,
-              *(a.samples if a.tail_data == "digits" else []), *FIXED, "--workers", str(cores)]
+              *(a.samples if a.tail_data == "digits" else []), *FIXED, "--workers", "2"]
     sides = {"--threads 1 (each worker keeps 1 thread)": ["--threads", "1"], "shared cores (default)": []}
     walls: dict[str, list[float]] = {k: [] for k in sides}
     alone: dict[str, list[float]] = {k: [] for k in sides}
@@ -383,7 +383,7 @@ def tail(a: argparse.Namespace) -> None:
                      f"{statistics.median(walls[base]) / statistics.median(walls[side]):.2f}x",
                      f"{statistics.median(firsts[side]):.1f}", f"{statistics.median(alone[side]):.1f}",
                      f"{statistics.median(firsts[side]) / statistics.median(alone[side]):.2f}x"])
-    print_table(f"The last trial alone ({a.tail_data}, {cores} workers on {cores} cores, 3 trials of one architecture, "
+    print_table(f"The last trial alone ({a.tail_data}, 2 workers on {cores} cores, 3 trials of one architecture, "
                 f"{a.folds} folds x {a.epochs} epochs)",
                 ["side", "wall s (each run)", "median wall s", "speed-up", "first two trials s (median)",
                  "third trial s (median)", "third trial's speed-up"], rows)
