@@ -1,5 +1,5 @@
-"""When to stop a trial early: the pruner Optuna consults after every epoch, and the two checks of each fold but
-the last (no better than chance, from half of the fold on; clearly behind the best trial, at its end).
+"""When to stop a trial early: the pruner Optuna consults after every epoch, and the two checks made at the end
+of each fold (no better than chance, clearly behind the best trial).
 
 Imported lazily (it imports Optuna), from the objective and from where a study is opened.
 """

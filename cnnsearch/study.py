@@ -404,10 +404,6 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
     norms = [normalisation(data.x[tr]) for tr, _ in folds]
     floors = [chance_floor(y_va) for _, _, _, y_va in fold_data]
-    # The chance floor is checked from half of each fold on (the second epoch at the earliest). In the curves
-    # replayed in BENCHMARKS.md, trials at chance early in a fold often learned later in it (on digits, one at
-    # chance after epoch 2 of 10 ended at 99.5%); of those at chance from half of a fold on, none ended above 17%.
-    chance_from = max(1, math.ceil(run.epochs / 2) - 1)
     sizes = [len(y_va) for _, _, _, y_va in fold_data]
 
     def origin_of(trial: optuna.Trial) -> int:
@@ -445,24 +441,22 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
         # Packed training (below) ends all folds at once, so there is nothing to save at a fold's end.
         packed = pack and params.augment == "none" and not reused
 
-        def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool, chance: bool) -> None:
-            """Raise TrialPruned if the pruner says so; if ``chance`` (from half of a fold but the last on) and the
-            fold is no better than chance so far; or, at the end of such a fold, if the trial is clearly behind the
-            best finished trial on the same folds."""
+        def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool) -> None:
+            """Raise TrialPruned if the pruner says so or, at the end of a fold but the last, if the fold did no
+            better than chance or the trial is clearly behind the best finished trial on the same folds."""
             with interrupts.deferred():
                 # Two checks the pruner does not make. A fold no better than always answering the commonest class
                 # will not be rescued by the others. And a trial clearly behind the best finished trial on the same
                 # folds would need its remaining folds to beat that trial's by more than noise: the median pruner
                 # lets such trials finish, once most trials are good.
-                at_chance = chance and acc <= floors[fold]
+                at_chance = fold_end and acc <= floors[fold]
                 behind = (behind_best(trial.study, scores, sizes, run.folds, run.behind_margin)
                           if fold_end and not at_chance and not packed and len(scores) == fold + 1 else None)
                 prune = at_chance or behind is not None or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
                 if at_chance:
-                    trial.set_user_attr("at_chance", {"fold": fold, "epoch": epoch, "accuracy": acc,
-                                                      "floor": floors[fold]})
+                    trial.set_user_attr("at_chance", {"fold": fold, "accuracy": acc, "floor": floors[fold]})
                 if behind is not None:
                     trial.set_user_attr("behind_best", behind)
             if prune:
@@ -475,12 +469,11 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
             with interrupts.deferred():
                 trial.report(acc, fold * run.epochs + epoch)
                 emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-            judged = fold_checks and fold < run.folds - 1  # the folds the fold-end checks judge
-            fold_end = judged and epoch == run.epochs - 1
+            fold_end = fold_checks and epoch == run.epochs - 1 and fold < run.folds - 1
             # Folds trained one by one are judged at their end once recorded (below), so that a trial stopped
             # there keeps the score of the fold it finished. Packed folds all end together: judged here.
             if not fold_end or packed:
-                stop_if_hopeless(fold, epoch, acc, fold_end=fold_end, chance=judged and epoch >= chance_from)
+                stop_if_hopeless(fold, epoch, acc, fold_end=fold_end)
             if fold == 0 and epoch == 0:
                 interrupts.pause_point("training", trial=trial.number)
             fit_threads()
@@ -523,8 +516,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                         )
                     record(result, started)
                     if fold < run.folds - 1:
-                        stop_if_hopeless(fold, run.epochs - 1, result.accuracy, fold_end=fold_checks,
-                                         chance=fold_checks)
+                        stop_if_hopeless(fold, run.epochs - 1, result.accuracy, fold_end=fold_checks)
                         interrupts.pause_point("between_folds", trial=trial.number)
         except Diverged as div:
             for key, value in div.attrs().items():
