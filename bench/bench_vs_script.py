@@ -48,6 +48,8 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
     from cnnsearch.model import build_model
     from cnnsearch.space import suggest
 
+    # As in Optuna's PyTorch example: the GPU when there is one, batches moved to it as they come.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_dataset(dataset, seed=seed, test_fraction=0.2, max_samples=max_samples)
     x = data.x.float() / 255.0
     x = (x - x.mean()) / x.std()  # the usual transforms.Normalize(mean, std) with global statistics
@@ -62,7 +64,7 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
         scores = []
         for fold, (tr, va) in enumerate(splits):
             torch.manual_seed(seed + fold)
-            model = build_model(p, x.shape[1], min(x.shape[2:]), data.n_classes)
+            model = build_model(p, x.shape[1], min(x.shape[2:]), data.n_classes).to(device)
             if p.optimizer == "sgd":
                 optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=p.lr,
                                                                    momentum=p.momentum or 0.0)
@@ -75,6 +77,7 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
             for epoch in range(epochs):
                 model.train()
                 for data_b, target in train_loader:
+                    data_b, target = data_b.to(device), target.to(device)
                     optimizer.zero_grad()
                     output = model(data_b)
                     loss = F.cross_entropy(output, target)
@@ -88,6 +91,7 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
                 correct = 0
                 with torch.no_grad():
                     for data_b, target in valid_loader:
+                        data_b, target = data_b.to(device), target.to(device)
                         correct += int((model(data_b).argmax(dim=1) == target).sum())
                 accuracy = correct / len(va)
                 trial.report(accuracy, fold * epochs + epoch)

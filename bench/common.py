@@ -30,8 +30,10 @@ if not MNIST_DIR.is_dir():  # a worktree under /work/wt/NAME: the data sits in /
 
 
 def env() -> dict[str, str]:
-    """The environment for a subprocess that must import this checkout's cnnsearch."""
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    """The environment for a subprocess that must import this checkout's cnnsearch (first on the path; any
+    ``PYTHONPATH`` already set, such as packages carried to a GPU machine, stays after it)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def cnnsearch_cmd(*args: str) -> list[str]:
@@ -167,15 +169,26 @@ def forward_flops(params: TrialParams, shape: tuple[int, int, int], n_classes: i
     return total
 
 
-def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """The machine's float32 matmul rate with the current torch threads: median of ``repeats`` products."""
+def sgemm_gflops(size: int = 2048, repeats: int = 5, *, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> float:
+    """The machine's matmul rate (float32 on the CPU with the current torch threads, by default): the median of
+    ``repeats`` products. On CUDA each product is timed to the device's completion."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    device = device or torch.device("cpu")
+    a = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     torch.mm(a, b)
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b)
+        sync()
         times.append(time.perf_counter() - t0)
     return 2 * size**3 / median(times) / 1e9
