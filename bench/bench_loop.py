@@ -134,8 +134,8 @@ def main() -> None:
         rows.append([name, "x".join(map(str, x_tr.shape[2:])), len(y_tr), f"{ours:.0f}", f"{bare:.0f}",
                      f"{ours / bare:.3f}", f"{default:.0f}", f"{ours / default:.3f}", f"{flops / 1e6:.1f}",
                      f"{100 * ours * flops / 1e9 / gflops:.2f}%"])
-    print_table(f"train_fold vs bare loops ({device}, {args.precision}, batch {args.batch_size}, {args.epochs} epochs, {args.repeats} rounds, "
-                "medians)",
+    print_table(f"train_fold vs bare loops ({device}, {args.precision}, batch {args.batch_size}, {args.epochs} epochs, "
+                f"{args.repeats} rounds, medians)",
                 ["data", "input", "train images", "cnnsearch img/s", "bare img/s (same layout)", "ratio",
                  "bare img/s (default layout)", "ratio", "train MFLOP/img", "cnnsearch % of matmul rate"], rows)
 
