@@ -3,11 +3,12 @@
 #   bash bench/gpu_session.sh
 # It expects the packages the GPU image lacks as wheels in .whl/ (optuna and its needs) and the MNIST test set's
 # two files in .mnist/ (both gitignored, carried by the device tool). Each step's output goes to $OUT/STEP.txt
-# and the last lines of it to stdout; the search dumps come back as one archive.
+# and the last lines of it to stdout (SKIP='loop pack' leaves steps out); the search dumps come back as one archive.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" /tmp/dumps
 if ls .whl/*.whl >/dev/null 2>&1; then
+    rm -rf /tmp/site  # a warm machine keeps the last call's packages
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
     export PYTHONPATH=/tmp/site
@@ -23,6 +24,7 @@ python3 -c "import torch, optuna; print('torch', torch.__version__, 'optuna', op
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
+    case " ${SKIP:-} " in *" $name "*) echo "=== $name: skipped"; return ;; esac
     echo "=== $name ($(date +%T), limit ${limit}s): $*"
     local t0=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1

@@ -100,7 +100,8 @@ StorageOpt = Annotated[
 
 WorkersOpt = Annotated[str | None, typer.Option(
     "--workers", envvar="CNNSEARCH_WORKERS", show_envvar=True,
-    help="Worker processes on this machine: a number, or auto for one per core (at most one per trial left), "
+    help="Worker processes on this machine: a number, or auto for one per core (4 on CUDA; at most one per trial "
+         "left), "
          "each with cores / workers torch threads; a worker with nothing left to start leaves its cores to those "
          "still training. [default: auto]")]
 ThreadsOpt = Annotated[int | None, typer.Option(
@@ -194,7 +195,7 @@ def run(
              f"{_default('precision')}")] = None,
     pack_folds: Annotated[PackFolds | None, typer.Option(
         "--pack-folds", help="Train the folds of a trial as one packed model (torch.func vmap): on, off, or auto "
-                             "(what the benchmarks measured faster on this device; currently off). "
+                             "(what the benchmarks measured faster: on for CUDA in fp32, off on the CPU). "
                              f"{_default('pack_folds')}")] = None,
     widen_space: Annotated[bool, typer.Option(
         "--widen-space", help="Allow resuming with a space that contains the stored one.")] = False,

@@ -397,7 +397,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
 
     run = config.run
     device = data.x.device
-    pack = use_packing(run.pack_folds, device)
+    pack = use_packing(run.pack_folds, device, run.precision)
     fold_checks = run.pruner != "none"  # --pruner none turns the fold-end checks off too
     folds = [(torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device))
              for tr, va in fold_indices(data.y.cpu().numpy(), run.folds, run.seed)]

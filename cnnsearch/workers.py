@@ -112,15 +112,23 @@ class CoreSlot:
         return threads_for(self.cores, list(self.states))
 
 
-def resolve_workers(requested: int | None, trials_left: int, cores: int) -> int:
+CUDA_WORKERS = 4
+"""``--workers auto`` on CUDA: on an H200 with 16 cores, 4 workers finished the MNIST benchmark search in 27.6 s
+at 96.87% where 16 took 35.9 s at 95.53% (each started CUDA in its own process, and TPE drew 16 trials almost
+blind); on digits 2, 4 and 16 workers took 38.5, 41.0 and 41.3 s (BENCHMARKS.md, GPU)."""
+
+
+def resolve_workers(requested: int | None, trials_left: int, cores: int, device_type: str = "cpu") -> int:
     """How many workers to start.
 
-    ``auto`` (None) starts one single-threaded worker per core: on the 2-core machine this was written on,
-    two 1-thread processes trained about 1.4x as many 8x8 images per second as one 2-thread process
-    (FACTS.md), and ``bench/bench_workers.py`` measures the same on whole trials. Never more workers than
-    trials left, and at least one (it waits for trials running elsewhere and recovers dead ones).
+    ``auto`` (None) starts one single-threaded worker per core on the CPU: on the 2-core machine this was
+    written on, two 1-thread processes trained about 1.4x as many 8x8 images per second as one 2-thread process
+    (FACTS.md), and ``bench/bench_workers.py`` measures the same on whole trials. On CUDA it starts
+    :data:`CUDA_WORKERS` (fewer where there are fewer cores). Never more workers than trials left, and at least
+    one (it waits for trials running elsewhere and recovers dead ones).
     """
-    n = cores if requested is None else requested
+    auto = min(cores, CUDA_WORKERS) if device_type == "cuda" else cores
+    n = auto if requested is None else requested
     return max(1, min(n, trials_left))
 
 
@@ -179,7 +187,7 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     recover_dead_trials(study, storage)
     done, running = finished_count(study)
     cores = cpu_cores()
-    n = resolve_workers(run.workers, run.n_trials - done - running, cores)
+    n = resolve_workers(run.workers, run.n_trials - done - running, cores, device.type)
     share = run.threads is None  # --threads fixes each worker's threads; else the workers share the cores
     config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
     if n == 1:

@@ -75,6 +75,9 @@ def test_auto_is_one_worker_per_core_capped_by_trials_left() -> None:
     assert resolve_workers(4, trials_left=2, cores=2) == 2
     assert resolve_workers(3, trials_left=10, cores=2) == 3  # asked for: more processes than cores is allowed
     assert resolve_workers(None, trials_left=0, cores=2) == 1  # one stays to wait for trials running elsewhere
+    assert resolve_workers(None, trials_left=30, cores=16, device_type="cuda") == 4  # measured on an H200
+    assert resolve_workers(None, trials_left=30, cores=2, device_type="cuda") == 2
+    assert resolve_workers(8, trials_left=30, cores=16, device_type="cuda") == 8
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
