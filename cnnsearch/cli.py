@@ -101,9 +101,8 @@ StorageOpt = Annotated[
 WorkersOpt = Annotated[str | None, typer.Option(
     "--workers", envvar="CNNSEARCH_WORKERS", show_envvar=True,
     help="Worker processes on this machine: a number, or auto for one per core (4 on CUDA; at most one per trial "
-         "left), "
-         "each with cores / workers torch threads; a worker with nothing left to start leaves its cores to those "
-         "still training. [default: auto]")]
+         "left), each with cores / workers torch threads; a worker with nothing left to start leaves its cores to "
+         "those still training. [default: auto]")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     min=1, help="Torch threads per worker, fixed. Default: cores / workers, and the cores of workers with nothing "
                 "left to start go to those still training.")]

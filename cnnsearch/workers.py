@@ -115,7 +115,7 @@ class CoreSlot:
 CUDA_WORKERS = 4
 """``--workers auto`` on CUDA: on an H200 with 16 cores, 4 workers finished the MNIST benchmark search in 27.6 s
 at 96.87% where 16 took 35.9 s at 95.53% (each started CUDA in its own process, and TPE drew 16 trials almost
-blind); on digits 2, 4 and 16 workers took 38.5, 41.0 and 41.3 s (BENCHMARKS.md, GPU)."""
+blind); on digits 2, 4 and 16 workers took 38.5, 41.0 and 41.3 s (BENCHMARKS.md, issue 7, section 7)."""
 
 
 def resolve_workers(requested: int | None, trials_left: int, cores: int, device_type: str = "cpu") -> int:
