@@ -21,18 +21,11 @@ from cnnsearch.data import fold_indices, load_dataset
 from cnnsearch.packed import train_folds_packed
 from cnnsearch.space import TrialParams
 from cnnsearch.train import Diverged, FoldResult, train_fold
+from tests.test_packed import Folds, params  # the same small models
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 CUDA = torch.device("cuda")
-Folds = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def params(**kw: object) -> TrialParams:
-    base: dict[str, object] = dict(lr=3e-3, decay=0.8, l2=1e-4, dropout=0.3, batch_size=32, layers=3, width=8,
-                                   growth=2.0, pooling="max", batchnorm=True, head="gap", optimizer="adam")
-    base.update(kw)
-    return TrialParams(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
