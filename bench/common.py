@@ -175,9 +175,8 @@ def sgemm_gflops(size: int = 2048, repeats: int = 5, *, device: torch.device | N
     ``repeats`` products. On CUDA each product is timed to the device's completion."""
     import torch
 
-    device = device or torch.device("cpu")
-    a = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
-    b = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    device, dtype = device or torch.device("cpu"), dtype or torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
 
     def sync() -> None:
         if device.type == "cuda":

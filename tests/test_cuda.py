@@ -17,11 +17,11 @@ import torch
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
-from cnnsearch.data import fold_indices, load_dataset
+from cnnsearch.data import load_dataset
 from cnnsearch.packed import train_folds_packed
 from cnnsearch.space import TrialParams
 from cnnsearch.train import Diverged, FoldResult, train_fold
-from tests.test_packed import Folds, params  # the same small models
+from tests.test_packed import Folds, params, stratified  # the same folds and models
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -42,9 +42,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return data.x, data.y
 
 
-def stratified(y: torch.Tensor, k: int, device: torch.device) -> Folds:
-    return [(torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device))
-            for tr, va in fold_indices(y.numpy(), k, 0)]
+def on(device: torch.device, y: torch.Tensor, k: int) -> Folds:
+    """test_packed's stratified folds, moved to ``device``."""
+    return [(tr.to(device), va.to(device)) for tr, va in stratified(y, k)]
 
 
 def gaps(a: list[FoldResult], b: list[FoldResult]) -> tuple[float, float]:
@@ -64,7 +64,7 @@ def test_cuda_folds_match_the_cpu(digits: tuple[torch.Tensor, torch.Tensor], p: 
     for device in (torch.device("cpu"), CUDA):
         xd, yd = x.to(device), y.to(device)
         results += [[train_fold(p, xd[tr], yd[tr], xd[va], yd[va], n_classes=10, epochs=2, seed=7 + f,
-                                           fold=f) for f, (tr, va) in enumerate(stratified(y, 3, device))]]
+                                           fold=f) for f, (tr, va) in enumerate(on(device, y, 3))]]
     cpu, cuda = results
     acc, l2 = gaps(cpu, cuda)
     print(f"\ncpu vs cuda ({p.optimizer}): largest accuracy gap {acc:.4f}, L2-ratio gap {l2:.2e}; "
@@ -76,7 +76,7 @@ def test_cuda_folds_match_the_cpu(digits: tuple[torch.Tensor, torch.Tensor], p: 
 
 def test_cuda_packed_matches_sequential(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = digits[0].to(CUDA), digits[1].to(CUDA)
-    folds = stratified(digits[1], 3, CUDA)
+    folds = on(CUDA, digits[1], 3)
     seeds = [11, 12, 13]
     seq = [train_fold(params(), x[tr], y[tr], x[va], y[va], n_classes=10, epochs=2, seed=seeds[f], fold=f)
            for f, (tr, va) in enumerate(folds)]
@@ -100,7 +100,7 @@ def test_cuda_divergence_is_caught_at_the_same_step(digits: tuple[torch.Tensor, 
     seen = []
     for device in (torch.device("cpu"), CUDA):
         xd, yd = x.to(device), y.to(device)
-        tr, va = stratified(y, 3, device)[0]
+        tr, va = on(device, y, 3)[0]
         with pytest.raises(Diverged) as stop:
             train_fold(p, xd[tr], yd[tr], xd[va], yd[va], n_classes=10, epochs=3, seed=21, explode=explode)
         seen.append(stop.value.attrs())
