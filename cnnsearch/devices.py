@@ -60,14 +60,23 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
+CHANNELS_LAST_CPUS = ("AVX2", "AVX512")
+"""CPU capabilities (``torch.backends.cpu.get_cpu_capability()``) where ``channels_last`` was measured to win."""
+
+
+def memory_format(device: torch.device, cpu_capability: str | None = None) -> torch.memory_format:
     """The layout of the model's conv weights (activations follow them).
 
-    ``channels_last`` on CUDA (NHWC convolutions, unmeasured here) and on CPUs with AVX-512, where
-    bench/bench_knobs.py measured +2% (8x8) to +27% (28x28); on AVX2 CPUs FACTS.md measured it mixed (+3% with
-    batchnorm, -16% without), so there the default layout stays.
+    ``channels_last`` on CUDA (NHWC convolutions) and on x86 CPUs with AVX2 or AVX-512. bench/bench_knobs.py
+    measured it on both (torch 2.14.1): +2% (8x8) to +27% (28x28) on an AVX-512 Xeon, and +1-3% (8x8) to
+    +24-26% (28x28, with and without batchnorm) on an AVX2 AMD EPYC, where it also won on every deep and wide
+    architecture tried with one thread (BENCHMARKS.md, issue 7, section 6). Other CPUs (no AVX2, ARM) keep the
+    default layout: unmeasured. ``cpu_capability`` overrides what torch reports (for tests).
     """
-    if device.type == "cuda" or torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+    if device.type == "cuda":
+        return torch.channels_last
+    capability = torch.backends.cpu.get_cpu_capability() if cpu_capability is None else cpu_capability
+    if capability.startswith(CHANNELS_LAST_CPUS):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from cnnsearch.cli import app
 from cnnsearch.config import FIXED_SETTINGS, RunSettings
 from cnnsearch.data import load_dataset, on_device
-from cnnsearch.devices import HostDropout, continue_cpu_stream, resolve_device, use_host_dropout
+from cnnsearch.devices import HostDropout, continue_cpu_stream, memory_format, resolve_device, use_host_dropout
 from cnnsearch.errors import CnnSearchError
+from cnnsearch.model import build_model
 from cnnsearch.space import TrialParams
 from cnnsearch.train import train_fold
 from tests.conftest import TINY
@@ -44,6 +45,38 @@ def test_bad_names_are_refused() -> None:
 def test_fixed_settings() -> None:
     # bf16 changes results by more than float noise, so a study keeps its precision; device and packing do not.
     assert "precision" in FIXED_SETTINGS and "device" not in FIXED_SETTINGS and "pack_folds" not in FIXED_SETTINGS
+
+
+def test_layout_rule() -> None:
+    cpu = torch.device("cpu")
+    for capability in ("AVX2", "AVX512", "AVX512_BF16"):
+        assert memory_format(cpu, capability) == torch.channels_last
+    for capability in ("DEFAULT", "SVE256", "VSX"):
+        assert memory_format(cpu, capability) == torch.contiguous_format
+    assert memory_format(torch.device("cuda")) == torch.channels_last
+
+
+def test_channels_last_trains_what_the_default_layout_trains() -> None:
+    # The layout is chosen by machine, so it must not change results beyond float noise: three Adam steps of a
+    # batchnorm model on 28x28 input, then the eval logits, in both layouts from the same initial weights.
+    p = TrialParams(lr=3e-3, decay=0.9, l2=1e-4, dropout=0.0, batch_size=16, layers=4, width=8, growth=2.0,
+                    pooling="max", batchnorm=True, head="gap", optimizer="adam")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    logits = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        model = build_model(p, 1, 28, 10).to(memory_format=fmt)
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr)
+        xf = x.contiguous(memory_format=fmt)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xf), y).backward()
+            opt.step()
+        assert model[0].weight.is_contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            logits[fmt] = model.eval()(xf)
+    torch.testing.assert_close(logits[torch.channels_last], logits[torch.contiguous_format], rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_autocast_on_cpu_trains_close_to_fp32() -> None:
