@@ -4,6 +4,8 @@ The check (``cnnsearch.pruning.behind_best``) stops a trial at a fold's end when
 is more than ``2 * sqrt(2 p (1 - p) / n + 2 spread^2 / m)`` below the best finished trial's mean over the same folds.
 ``spread`` is the training noise between folds. cnnsearch takes it as the median, over the finished trials, of the
 standard deviation of their fold scores; while one trial has finished, that one trial's spread alone sets the margin.
+Fold ends before any trial has finished (judged on main against the best running trial, with a prior spread) are
+not replayed: dumps written after that rule may hold stops there that the replay counts as differing.
 
 The margin and the median spread are ``cnnsearch.pruning``'s own (``behind_margin``, ``median_spread``). This
 replays every fold end of every dumped cnnsearch round under:

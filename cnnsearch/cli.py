@@ -151,7 +151,8 @@ def run(
                                                        f"{_default('pruner')}")] = None,
     behind_margin: Annotated[float | None, typer.Option(
         help="At the end of a fold, stop a trial whose mean accuracy so far is more than this many standard "
-             "errors below the best finished trial's on the same folds; inf turns this check off. "
+             "errors below the best finished trial's on the same folds (before any has finished: the best running "
+             "trial's); inf turns this check off. "
              f"{_default('behind_margin')}")] = None,
     dataset: Annotated[str | None, typer.Option(
         help="Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli import app
-from cnnsearch.pruning import behind_best, fold_spread
+from cnnsearch.pruning import PRIOR_SPREAD, behind_best, fold_spread
 from tests.conftest import TINY
 
 
@@ -175,6 +175,36 @@ def test_behind_best_compares_the_same_folds_against_z_standard_errors(tmp_path:
     # A best trial without all its fold scores (e.g. from a study with other folds) is no reference.
     study.add_trial(optuna.trial.create_trial(value=0.999, user_attrs={"fold_scores": [0.999, 0.999]}))
     assert behind_best(study, [0.5], sizes, 3) is None
+
+
+def test_before_any_trial_finished_the_leader_among_running_trials_is_the_reference(tmp_path: Path) -> None:
+    # Two workers: a junk trial can end its first fold before any trial has finished. The running trial with the
+    # best mean over the same folds is then the reference, with the prior training noise (nothing measured it yet).
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", direction="maximize")
+    sizes = [500, 500, 500]
+    lead, other, judged = study.ask(), study.ask(), study.ask()
+    judged.set_user_attr("fold_scores", [0.19])
+    assert behind_best(study, [0.19], sizes, 3) is None  # only itself has scored fold 0: no reference
+    lead.set_user_attr("fold_scores", [0.93])
+    other.set_user_attr("fold_scores", [0.80, 0.90])
+    margin = 2 * math.sqrt(2 * 0.93 * 0.07 / 500 + 2 * PRIOR_SPREAD**2)
+    evidence = behind_best(study, [0.19], sizes, 3)
+    assert evidence is not None and evidence["best_trial"] == lead.number and evidence["best_finished"] is False
+    assert evidence["margin"] == pytest.approx(margin) and evidence["fold_spread"] == PRIOR_SPREAD
+    assert behind_best(study, [0.93 - margin + 1e-6], sizes, 3) is None  # far behind only: 0.70 after one fold
+    assert behind_best(study, [0.93 - margin - 1e-6], sizes, 3) is not None
+    # Over two folds only `other` has scored both: it is the reference there.
+    evidence = behind_best(study, [0.19, 0.2], sizes, 3)
+    assert evidence is not None and evidence["best_trial"] == other.number
+    assert evidence["best_accuracy"] == pytest.approx(0.85)
+    # Once a trial has finished, finished trials alone are the reference, with their measured spread (0 here).
+    done = study.ask()
+    done.set_user_attr("fold_scores", [0.5, 0.5, 0.5])
+    study.tell(done, 0.5)
+    evidence = behind_best(study, [0.19], sizes, 3)
+    assert evidence is not None and evidence["best_trial"] == done.number and evidence["best_finished"] is True
+    assert evidence["margin"] == pytest.approx(2 * math.sqrt(2 * 0.5 * 0.5 / 500))
+    assert behind_best(study, [0.48], sizes, 3) is None  # far behind the running leader, not behind the best finished
 
 
 def test_a_trial_clearly_behind_the_best_stops_at_the_end_of_a_fold(runner: CliRunner) -> None:
