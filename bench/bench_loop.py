@@ -20,6 +20,8 @@ bfloat16 with ``--precision bf16``).
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bench.common import (
@@ -41,12 +43,16 @@ if TYPE_CHECKING:
 
 def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor,
               y_va: torch.Tensor, epochs: int, seed: int, *, same_choices: bool = True, precision: str = "fp32",
-              ) -> float:
-    """The reference: what a careful hand-written PyTorch loop does. Returns the last validation accuracy."""
+              host_dropout: bool = False, fused: bool = False) -> float:
+    """The reference: what a careful hand-written PyTorch loop does. Returns the last validation accuracy.
+
+    ``host_dropout`` and ``fused`` add one thing cnnsearch does (``--extras``): dropout masks drawn on the CPU
+    and copied over, and the optimizer's fused kernels.
+    """
     import torch
     import torch.nn.functional as F
 
-    from cnnsearch.devices import autocast, memory_format
+    from cnnsearch.devices import autocast, continue_cpu_stream, memory_format, use_host_dropout
     from cnnsearch.model import build_model, l2_term, l2_weights
     from cnnsearch.train import eval_batch_size, make_optimizer, normalisation
 
@@ -54,13 +60,16 @@ def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     gen = torch.Generator().manual_seed(seed)
     scale, shift = normalisation(x_tr)
     xf, xv = x_tr.float() * scale + shift, x_va.float() * scale + shift
-    model = build_model(params, x_tr.shape[1], min(x_tr.shape[2:]), 10).to(x_tr.device)
+    model = build_model(params, x_tr.shape[1], min(x_tr.shape[2:]), 10)
+    if host_dropout:
+        use_host_dropout(model, continue_cpu_stream())
+    model = model.to(x_tr.device)
     eval_batch = 1024
     if same_choices:
         model = model.to(memory_format=memory_format(x_tr.device))
         eval_batch = eval_batch_size(x_tr.device, x_tr.shape[2], x_tr.shape[3], params.width)
     weights = l2_weights(model)
-    opt = make_optimizer(params, model.parameters())
+    opt = make_optimizer(params, model.parameters(), fused=fused)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
     acc = 0.0
     for _ in range(epochs):
@@ -83,6 +92,20 @@ def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     return acc
 
 
+def with_train_attrs(attrs: dict[str, object], side: Callable[[], None]) -> None:
+    """Run ``side`` with ``cnnsearch.train``'s module settings ``attrs`` in place, then restore them."""
+    import cnnsearch.train as train
+
+    saved = {k: getattr(train, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(train, k, v)
+    try:
+        side()
+    finally:
+        for k, v in saved.items():
+            setattr(train, k, v)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["digits", "mnist", "both"], default="both")
@@ -93,6 +116,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="Torch threads (default: torch's default).")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--extras", action="store_true",
+                        help="Also time what each per-step extra costs: cnnsearch with its CUDA levers off "
+                             "(per-batch normalisation, unfused optimizer, both), and the bare loop with "
+                             "host-drawn dropout masks or fused kernels.")
     args = parser.parse_args()
 
     import torch
@@ -110,6 +137,7 @@ def main() -> None:
           f"matmul (2048^3, {dtype}): {gflops:.1f} GFLOP/s")
     params = reference_params(batch_size=args.batch_size)
     rows = []
+    extra_rows: list[list[str]] = []
     for name in (["digits", "mnist"] if args.dataset == "both" else [args.dataset]):
         x_tr, y_tr, x_va, y_va = (t.to(device) for t in train_val(name, None if name == "digits" else args.samples))
 
@@ -127,13 +155,30 @@ def main() -> None:
             bare_loop(params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0, same_choices=False,
                       precision=args.precision)
 
-        times = alternate({"cnnsearch": cnnsearch_side, "bare": bare_side, "default": default_side}, args.repeats)
+        sides = {"cnnsearch": cnnsearch_side, "bare": bare_side, "default": default_side}
+        if args.extras:
+            for label, attrs in (("cnnsearch, per-batch norm", {"PRENORM_MAX_BYTES": 0}),
+                                 ("cnnsearch, unfused", {"FUSED_ON_CUDA": False}),
+                                 ("cnnsearch, neither", {"PRENORM_MAX_BYTES": 0, "FUSED_ON_CUDA": False})):
+                sides[label] = functools.partial(with_train_attrs, attrs, cnnsearch_side)
+            for label, kwargs in (("bare + host masks", {"host_dropout": True}), ("bare + fused", {"fused": True})):
+                sides[label] = functools.partial(bare_loop, params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0,
+                                                 precision=args.precision, **kwargs)
+        times = alternate(sides, args.repeats)
         images = len(y_tr) * args.epochs
         ours, bare, default = (images / median(times[k]) for k in ("cnnsearch", "bare", "default"))
         flops = 3 * forward_flops(params, tuple(x_tr.shape[1:]), 10)  # type: ignore[arg-type]
         rows.append([name, "x".join(map(str, x_tr.shape[2:])), len(y_tr), f"{ours:.0f}", f"{bare:.0f}",
                      f"{ours / bare:.3f}", f"{default:.0f}", f"{ours / default:.3f}", f"{flops / 1e6:.1f}",
                      f"{100 * ours * flops / 1e9 / gflops:.2f}%"])
+        if args.extras:
+            extra_rows.extend([name, label, f"{images / median(times[label]):.0f}",
+                               f"{median(times[label]) / median(times['cnnsearch']):.3f}",
+                               f"{median(times[label]) / median(times['bare']):.3f}"]
+                              for label in times)
+    if extra_rows:
+        print_table("Per-step extras (time ratios: above 1 is slower than the column's side)",
+                    ["data", "side", "img/s", "time / cnnsearch", "time / bare"], extra_rows)
     print_table(f"train_fold vs bare loops ({device}, {args.precision}, batch {args.batch_size}, {args.epochs} epochs, "
                 f"{args.repeats} rounds, medians)",
                 ["data", "input", "train images", "cnnsearch img/s", "bare img/s (same layout)", "ratio",

@@ -120,3 +120,28 @@ def test_cli_run_on_cuda(runner: CliRunner, precision: str) -> None:
     best = max(t.value for t in trials if t.value is not None)
     print(f"\ncnnsearch run --device cuda --precision {precision}: best {best:.4f}")
     assert best > 0.5  # digits, 320 images in 2 folds, 4 epochs: the starting point learns well past chance
+
+
+@pytest.mark.parametrize("lever", ["PRENORM_MAX_BYTES", "FUSED_ON_CUDA"])
+def test_cuda_levers_change_results_by_float_noise_only(digits: tuple[torch.Tensor, torch.Tensor],
+                                                         monkeypatch: pytest.MonkeyPatch, lever: str) -> None:
+    # Normalising the whole fold once and the fused optimizer kernels are speed choices: with either turned off,
+    # sequential and packed folds must train to the same scores.
+    import cnnsearch.train
+
+    x, y = digits[0].to(CUDA), digits[1].to(CUDA)
+    folds = on(CUDA, digits[1], 3)
+    p = params()  # Adam, batchnorm, dropout: the starting point's kind of model
+    runs = []
+    for value in (getattr(cnnsearch.train, lever), 0):
+        monkeypatch.setattr(cnnsearch.train, lever, value)
+        seq = [train_fold(p, x[tr], y[tr], x[va], y[va], n_classes=10, epochs=2, seed=31 + f, fold=f)
+               for f, (tr, va) in enumerate(folds)]
+        runs.append((seq, train_folds_packed(p, x, y, folds, n_classes=10, epochs=2, seeds=[31, 32, 33])))
+    (seq_on, packed_on), (seq_off, packed_off) = runs
+    for name, a, b in (("sequential", seq_on, seq_off), ("packed", packed_on, packed_off)):
+        acc, l2 = gaps(a, b)
+        print(f"\n{lever} on vs off, {name}: largest accuracy gap {acc:.4f}, L2-ratio gap {l2:.2e}")
+        assert max(r.accuracy for r in a) > 0.15
+        assert acc <= 3 / 166
+        assert l2 < 1e-2
