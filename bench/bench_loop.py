@@ -158,8 +158,8 @@ def main() -> None:
         sides = {"cnnsearch": cnnsearch_side, "bare": bare_side, "default": default_side}
         if args.extras:
             for label, attrs in (("cnnsearch, per-batch norm", {"PRENORM_MAX_BYTES": 0}),
-                                 ("cnnsearch, unfused", {"FUSED_ON_CUDA": False}),
-                                 ("cnnsearch, neither", {"PRENORM_MAX_BYTES": 0, "FUSED_ON_CUDA": False})):
+                                 ("cnnsearch, unfused", {"FUSED_OPTIMIZER": False}),
+                                 ("cnnsearch, neither", {"PRENORM_MAX_BYTES": 0, "FUSED_OPTIMIZER": False})):
                 sides[label] = functools.partial(with_train_attrs, attrs, cnnsearch_side)
             for label, kwargs in (("bare + host masks", {"host_dropout": True}), ("bare + fused", {"fused": True})):
                 sides[label] = functools.partial(bare_loop, params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0,

@@ -116,7 +116,7 @@ def train_folds_packed(
     from cnnsearch.devices import autocast, continue_cpu_stream, draw_mask, use_host_dropout
     from cnnsearch.model import build_model, count_params, l2_term
     from cnnsearch.train import (
-        FUSED_ON_CUDA,
+        FUSED_OPTIMIZER,
         PRENORM_MAX_BYTES,
         Diverged,
         FoldResult,
@@ -156,8 +156,7 @@ def train_folds_packed(
     dropout_p = {n: float(getattr(template, n).p) for n in dropout_names}
     dropout_width = _dropout_widths(template, dropout_names, x[:1].float())
     on_cuda = device.type == "cuda"
-    opts = [make_optimizer(params, [packed[n][f] for n in names], fused=on_cuda and FUSED_ON_CUDA)
-            for f in range(k)]
+    opts = [make_optimizer(params, [packed[n][f] for n in names], fused=FUSED_OPTIMIZER) for f in range(k)]
     scheds = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=params.decay) for o in opts]
     if norms is None:
         norms = [normalisation(x[tr]) for tr, _ in folds]

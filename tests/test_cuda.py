@@ -122,7 +122,7 @@ def test_cli_run_on_cuda(runner: CliRunner, precision: str) -> None:
     assert best > 0.5  # digits, 320 images in 2 folds, 4 epochs: the starting point learns well past chance
 
 
-@pytest.mark.parametrize("lever", ["PRENORM_MAX_BYTES", "FUSED_ON_CUDA"])
+@pytest.mark.parametrize("lever", ["PRENORM_MAX_BYTES", "FUSED_OPTIMIZER"])
 def test_cuda_levers_change_results_by_float_noise_only(digits: tuple[torch.Tensor, torch.Tensor],
                                                          monkeypatch: pytest.MonkeyPatch, lever: str) -> None:
     # Normalising the whole fold once and the fused optimizer kernels are speed choices: with either turned off,

@@ -146,3 +146,27 @@ def test_cli_pack_folds_on_gives_the_same_scores(runner: CliRunner) -> None:
         assert b.user_attrs["fold_scores"] == pytest.approx(a.user_attrs["fold_scores"], abs=0.0126)  # 1 of 80
         assert b.user_attrs["l2_ratio"] == pytest.approx(a.user_attrs["l2_ratio"], rel=1e-4)
         assert sorted(b.intermediate_values) == sorted(a.intermediate_values) == [0, 1]
+
+
+@pytest.mark.parametrize("p", [
+    params(),  # Adam with batchnorm and dropout
+    params(optimizer="sgd", momentum=0.9, lr=5e-2, head="fc", hidden=32, width=16, dropout=0.4, layers=2),
+], ids=["adam", "sgd-momentum"])
+def test_fused_optimizer_changes_scores_by_float_noise_only(digits: tuple[torch.Tensor, torch.Tensor],
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            p: TrialParams) -> None:
+    # The fused kernels are a speed choice (FUSED_OPTIMIZER): the unfused update must train the same folds.
+    import cnnsearch.train
+
+    x, y = digits
+    folds = stratified(y, 3)
+    seeds = [5, 6, 7]
+    assert cnnsearch.train.FUSED_OPTIMIZER
+    fused = sequential(p, x, y, folds, seeds), train_folds_packed(p, x, y, folds, n_classes=10, epochs=2, seeds=seeds)
+    monkeypatch.setattr(cnnsearch.train, "FUSED_OPTIMIZER", False)
+    plain = sequential(p, x, y, folds, seeds), train_folds_packed(p, x, y, folds, n_classes=10, epochs=2, seeds=seeds)
+    for a_runs, b_runs in zip(fused, plain, strict=True):
+        assert max(r.accuracy for r in a_runs) > 0.3
+        for a, b, (_, va) in zip(a_runs, b_runs, folds, strict=True):
+            assert b.curve == pytest.approx(a.curve, abs=2.01 / len(va))
+            assert b.l2_ratio == pytest.approx(a.l2_ratio, rel=1e-3)
