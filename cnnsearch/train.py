@@ -18,7 +18,8 @@ EVAL_BATCH = 1024  # most images per evaluation forward pass; large batches amor
 EVAL_CACHE_BYTES = 8 * 2**20  # first-layer activations of one CPU evaluation batch: what stays in cache
 PRENORM_MAX_BYTES = 2**30  # on CUDA, a fold's un-augmented training images are normalised once if this fits
 FUSED_OPTIMIZER = True  # the optimizers' fused kernels: one pass over the weights per step instead of several
-# (bench_loop --extras: 1.06-1.20x on an H100, where the loop is launch-bound; 1.02-1.08x on 2 CPU cores)
+# (1.06-1.20x on an H100 in bench_loop --extras, where the loop is launch-bound; 1.02-1.08x in a bare loop on
+# 2 CPU cores)
 
 
 class Diverged(Exception):
