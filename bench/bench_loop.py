@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
 from typing import TYPE_CHECKING
+from unittest.mock import patch
 
 from bench.common import (
     alternate,
@@ -92,20 +92,6 @@ def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     return acc
 
 
-def with_train_attrs(attrs: dict[str, object], side: Callable[[], None]) -> None:
-    """Run ``side`` with ``cnnsearch.train``'s module settings ``attrs`` in place, then restore them."""
-    import cnnsearch.train as train
-
-    saved = {k: getattr(train, k) for k in attrs}
-    for k, v in attrs.items():
-        setattr(train, k, v)
-    try:
-        side()
-    finally:
-        for k, v in saved.items():
-            setattr(train, k, v)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["digits", "mnist", "both"], default="both")
@@ -117,9 +103,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--extras", action="store_true",
-                        help="Also time what each per-step extra costs: cnnsearch with its CUDA levers off "
-                             "(per-batch normalisation, unfused optimizer, both), and the bare loop with "
-                             "host-drawn dropout masks or fused kernels.")
+                        help="Also time what each per-step extra costs: cnnsearch with its levers off (per-batch "
+                             "normalisation, which differs on CUDA only; unfused optimizer; both), and the bare "
+                             "loop with host-drawn dropout masks or fused kernels.")
     args = parser.parse_args()
 
     import torch
@@ -160,7 +146,7 @@ def main() -> None:
             for label, attrs in (("cnnsearch, per-batch norm", {"PRENORM_MAX_BYTES": 0}),
                                  ("cnnsearch, unfused", {"FUSED_OPTIMIZER": False}),
                                  ("cnnsearch, neither", {"PRENORM_MAX_BYTES": 0, "FUSED_OPTIMIZER": False})):
-                sides[label] = functools.partial(with_train_attrs, attrs, cnnsearch_side)
+                sides[label] = patch.multiple("cnnsearch.train", **attrs)(cnnsearch_side)  # restored after
             for label, kwargs in (("bare + host masks", {"host_dropout": True}), ("bare + fused", {"fused": True})):
                 sides[label] = functools.partial(bare_loop, params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0,
                                                  precision=args.precision, **kwargs)
