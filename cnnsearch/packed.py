@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 
 CUDA_CHECK_EVERY = 16  # steps between loss reads on CUDA, where each read waits for the device
 
-FoldEpochHook = Callable[[int, int, float], None]
-"""Called after each epoch with (fold, epoch, validation accuracy); may raise ``optuna.TrialPruned``."""
+FoldEpochHook = Callable[[int, int, float, float], None]
+"""Called after each epoch with (fold, epoch, validation accuracy, the fold's mean training cross-entropy over the
+epoch); may raise ``optuna.TrialPruned``."""
 
 
 def use_packing(setting: str, device: torch.device, precision: str = "fp32") -> bool:
@@ -270,11 +271,11 @@ def train_folds_packed(
             acc = evaluate(view, x[va], y[va], scale[f], shift[f], precision=precision,  # type: ignore[arg-type]
                            batch=eval_batch)
             curves[f].append(acc)
+        mean_ce = [v / max(n, 1) for v, n in zip(ce_sum.tolist(), ce_count, strict=True)]
         if on_epoch is not None:
             for f in all_folds:
-                on_epoch(f, epoch, curves[f][-1])
+                on_epoch(f, epoch, curves[f][-1], mean_ce[f])
     results: list[FoldResult] = []
-    mean_ce = [v / max(n, 1) for v, n in zip(ce_sum.tolist(), ce_count, strict=True)]
     n_params = count_params(template)
     for f in all_folds:
         with torch.no_grad():

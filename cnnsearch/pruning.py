@@ -1,5 +1,6 @@
-"""When to stop a trial early: the pruner Optuna consults after every epoch, and the two checks made at the end
-of each fold (no better than chance, clearly behind the best trial).
+"""When to stop a trial early: the pruner Optuna consults after every epoch, and the two checks of each fold but
+the last (no better than chance, from half of the fold on where the training loss is not rising; clearly behind
+the best trial, at the fold's end).
 
 Imported lazily (it imports Optuna), from the objective and from where a study is opened.
 """
@@ -37,6 +38,26 @@ def chance_floor(y_val: torch.Tensor) -> float:
     (what a constant prediction scores) plus three standard errors of that share over ``len(y_val)`` images."""
     share = float(y_val.bincount().max().item()) / max(1, len(y_val))
     return share + 3 * math.sqrt(share * (1 - share) / max(1, len(y_val)))
+
+
+STUCK_LOSS = 1.5
+"""A fold at chance whose mean training cross-entropy over an epoch is at most this many times ``ln(classes)`` (the
+loss of a uniform guess) is stuck; above it, the loss may be on its way to a divergence."""
+
+
+def chance_from(epochs: int) -> int:
+    """The first epoch (0-based) of a fold at which the chance floor is checked before the fold's end: half of the
+    fold, the second epoch at the earliest. In the curves replayed in BENCHMARKS.md, trials at chance early in a
+    fold often learned later in it (on digits, one at chance after epoch 2 of 10 ended at 99.5%); of those at
+    chance from half of a fold on, none ended above 17%."""
+    return max(1, math.ceil(epochs / 2) - 1)
+
+
+def stuck(train_loss: float, n_classes: int) -> bool:
+    """Whether a fold at chance may be stopped before its end: its training loss is not rising (see
+    :data:`STUCK_LOSS`). A loss that is rising can still explode, and a divergence is what the trial must then be
+    recorded as, so such a fold goes on (the fold-end check still stops it, if it ends at chance)."""
+    return train_loss <= STUCK_LOSS * math.log(max(2, n_classes))
 
 
 PRIOR_SPREAD = 0.075

@@ -39,7 +39,8 @@ def stop_note(row: TrialRow) -> str:
         return ""
     a = row.attrs
     if isinstance(chance := a.get("at_chance"), dict):
-        return f"at chance @ fold {chance.get('fold')}"
+        epoch = f" epoch {chance['epoch']}" if "epoch" in chance else ""  # older studies recorded no epoch
+        return f"at chance @ fold {chance.get('fold')}{epoch}"
     if isinstance(behind := a.get("behind_best"), dict):
         return f"behind #{behind.get('best_trial')} @ fold {int(behind.get('folds', 1)) - 1}"
     if isinstance(where := a.get("pruned_at"), dict):

@@ -390,7 +390,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     from cnnsearch import interrupts
     from cnnsearch.data import fold_indices
     from cnnsearch.packed import train_folds_packed, use_packing
-    from cnnsearch.pruning import behind_best, chance_floor
+    from cnnsearch.pruning import behind_best, chance_floor, chance_from, stuck
     from cnnsearch.recovery import process_identity, requeue, reusable_folds
     from cnnsearch.space import suggest
     from cnnsearch.train import Diverged, FoldResult, normalisation, train_fold
@@ -404,6 +404,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     fold_data = [(data.x[tr], data.y[tr], data.x[va], data.y[va]) for tr, va in folds]
     norms = [normalisation(data.x[tr]) for tr, _ in folds]
     floors = [chance_floor(y_va) for _, _, _, y_va in fold_data]
+    early = chance_from(run.epochs)  # the floor is also checked from this epoch of a fold on, where the loss is stuck
     sizes = [len(y_va) for _, _, _, y_va in fold_data]
 
     def origin_of(trial: optuna.Trial) -> int:
@@ -441,22 +442,24 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
         # Packed training (below) ends all folds at once, so there is nothing to save at a fold's end.
         packed = pack and params.augment == "none" and not reused
 
-        def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool) -> None:
-            """Raise TrialPruned if the pruner says so or, at the end of a fold but the last, if the fold did no
-            better than chance or the trial is clearly behind the best finished trial on the same folds."""
+        def stop_if_hopeless(fold: int, epoch: int, acc: float, *, fold_end: bool, chance: bool = False) -> None:
+            """Raise TrialPruned if the pruner says so; if the fold did no better than chance at the end of a fold
+            but the last, or before it where ``chance``; or if, at the end of such a fold, the trial is clearly
+            behind the best finished trial on the same folds."""
             with interrupts.deferred():
                 # Two checks the pruner does not make. A fold no better than always answering the commonest class
                 # will not be rescued by the others. And a trial clearly behind the best finished trial on the same
                 # folds would need its remaining folds to beat that trial's by more than noise: the median pruner
                 # lets such trials finish, once most trials are good.
-                at_chance = fold_end and acc <= floors[fold]
+                at_chance = (fold_end or chance) and acc <= floors[fold]
                 behind = (behind_best(trial.study, scores, sizes, run.folds, run.behind_margin)
                           if fold_end and not at_chance and not packed and len(scores) == fold + 1 else None)
                 prune = at_chance or behind is not None or trial.should_prune()
                 if prune:
                     trial.set_user_attr("pruned_at", {"fold": fold, "epoch": epoch})
                 if at_chance:
-                    trial.set_user_attr("at_chance", {"fold": fold, "accuracy": acc, "floor": floors[fold]})
+                    trial.set_user_attr("at_chance", {"fold": fold, "epoch": epoch, "accuracy": acc,
+                                                      "floor": floors[fold]})
                 if behind is not None:
                     trial.set_user_attr("behind_best", behind)
             if prune:
@@ -464,16 +467,19 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                        f"behind trial {behind['best_trial']}" if behind is not None else "pruned")
                 raise optuna.TrialPruned(f"{why} at fold {fold}, epoch {epoch}")
 
-        def on_epoch(fold: int, epoch: int, acc: float) -> None:
+        def on_epoch(fold: int, epoch: int, acc: float, train_loss: float) -> None:
             nonlocal most_threads
             with interrupts.deferred():
                 trial.report(acc, fold * run.epochs + epoch)
                 emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
-            fold_end = fold_checks and epoch == run.epochs - 1 and fold < run.folds - 1
+            judged = fold_checks and fold < run.folds - 1  # the folds the chance floor judges
+            fold_end = judged and epoch == run.epochs - 1
+            # Before a fold's end, the floor stops only a fold whose loss is stuck: a rising loss may yet diverge.
+            chance = judged and epoch >= early and stuck(train_loss, data.n_classes)
             # Folds trained one by one are judged at their end once recorded (below), so that a trial stopped
             # there keeps the score of the fold it finished. Packed folds all end together: judged here.
             if not fold_end or packed:
-                stop_if_hopeless(fold, epoch, acc, fold_end=fold_end)
+                stop_if_hopeless(fold, epoch, acc, fold_end=fold_end, chance=chance)
             if fold == 0 and epoch == 0:
                 interrupts.pause_point("training", trial=trial.number)
             fit_threads()
@@ -511,7 +517,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                         result = train_fold(
                             params, x_tr, y_tr, x_va, y_va, n_classes=data.n_classes, epochs=run.epochs,
                             seed=seeds[fold], explode=run.explode, fold=fold,
-                            on_epoch=lambda epoch, acc, fold=fold: on_epoch(fold, epoch, acc),  # type: ignore[misc]
+                            on_epoch=lambda epoch, acc, ce, fold=fold: on_epoch(fold, epoch, acc, ce),  # type: ignore[misc]
                             precision=run.precision, norm=norms[fold],
                         )
                     record(result, started)

@@ -59,8 +59,9 @@ class FoldResult:
     model: nn.Module | None = field(default=None, repr=False)  # the trained model (the final retrain keeps it)
 
 
-EpochHook = Callable[[int, float], None]
-"""Called after each epoch with (epoch, validation accuracy); may raise ``optuna.TrialPruned``."""
+EpochHook = Callable[[int, float, float], None]
+"""Called after each epoch with (epoch, validation accuracy, the epoch's mean training cross-entropy); may raise
+``optuna.TrialPruned``."""
 
 
 def _classify(value: float) -> DivergenceKind:
@@ -237,10 +238,10 @@ def train_fold(
         sched.step()
         acc = evaluate(model, x_val, y_val, scale, shift, precision=precision, batch=eval_batch)
         curve.append(acc)
+        mean_ce = float(ce_sum.item()) / max(ce_count, 1)
         if on_epoch is not None:
-            on_epoch(epoch, acc)
+            on_epoch(epoch, acc, mean_ce)
     with torch.no_grad():
         l2 = beta * float(l2_term(weights).item()) if beta > 0 else 0.0
-    mean_ce = float(ce_sum.item()) / max(ce_count, 1)
     ratio = l2 / mean_ce if mean_ce > 0 else (math.inf if l2 > 0 else 0.0)
     return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model), model=model)

@@ -271,3 +271,13 @@ def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path:
     for t in load("n").get_trials():
         assert t.state == optuna.trial.TrialState.COMPLETE and "at_chance" not in t.user_attrs
         assert len(t.user_attrs["fold_scores"]) == 3
+    # With more epochs, the floor is checked from half of the fold on, where the training loss is stuck (as on
+    # noise; a rising loss goes on, so that a divergence is recorded as one): 4 epochs stop after the second.
+    assert runner.invoke(app, [*args, "--study", "h", "--epochs", "4"]).exit_code == 0
+    for t in load("h").get_trials():
+        assert t.state == optuna.trial.TrialState.PRUNED, (t.number, t.state, t.intermediate_values)
+        assert t.user_attrs["pruned_at"] == {"fold": 0, "epoch": 1}
+        assert t.user_attrs["at_chance"]["epoch"] == 1
+        assert sorted(t.intermediate_values) == [0, 1]  # epochs 3 and 4 of the fold never trained
+        assert "fold_scores" not in t.user_attrs  # no fold finished
+    assert "at chance @ fold 0 epoch 1" in runner.invoke(app, ["show", "--study", "h"], env={"COLUMNS": "250"}).stdout

@@ -84,16 +84,25 @@ def test_epoch_hook_order_and_stop(digits: tuple[torch.Tensor, torch.Tensor]) ->
     x, y = digits
     folds = stratified(y, 2)
     calls: list[tuple[int, int]] = []
+    losses: dict[tuple[int, int], float] = {}
 
-    def hook(fold: int, epoch: int, acc: float) -> None:
+    def hook(fold: int, epoch: int, acc: float, ce: float) -> None:
         assert 0 <= acc <= 1
         calls.append((fold, epoch))
+        losses[fold, epoch] = ce
         if (fold, epoch) == (1, 1):
             raise optuna.TrialPruned("stop")
 
     with pytest.raises(optuna.TrialPruned):
         train_folds_packed(params(), x, y, folds, n_classes=10, epochs=3, seeds=[1, 2], on_epoch=hook)
     assert calls == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    # Each fold's mean training cross-entropy is the one its sequential training reports.
+    for f, (tr, va) in enumerate(folds):
+        seen: list[float] = []
+        train_fold(params(), x[tr], y[tr], x[va], y[va], n_classes=10, epochs=2, seed=[1, 2][f], fold=f,
+                   on_epoch=lambda _epoch, _acc, ce, seen=seen: seen.append(ce))
+        assert [losses[f, 0], losses[f, 1]] == pytest.approx(seen, rel=1e-5)
+        assert seen[1] < seen[0] < math.log(10) * 1.5  # it learns: the loss falls from about ln(10)
 
 
 @pytest.mark.parametrize("p", [

@@ -9,7 +9,9 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnsearch.config import Config, RunSettings
-from cnnsearch.pruning import make_pruner
+from cnnsearch.pruning import chance_from, make_pruner, stuck
+from cnnsearch.report import stop_note
+from cnnsearch.study import TrialRow
 
 
 @pytest.mark.parametrize(("name", "kind"), [("median", optuna.pruners.MedianPruner),
@@ -61,3 +63,18 @@ def test_the_margin_replay_in_bench_computes_what_behind_best_does(tmp_path: Pat
             assert margin == pytest.approx(real["margin"])
         verdicts.add(stop)
     assert verdicts == {True, False}  # the cases exercise both outcomes
+
+
+def test_chance_floor_timing_and_the_stuck_loss() -> None:
+    # Half of the fold, the second epoch at the earliest (0-based).
+    assert [chance_from(e) for e in (1, 2, 3, 4, 5, 10)] == [1, 1, 1, 1, 2, 4]
+    # A uniform guess over 10 classes has loss ln(10) = 2.30: stuck up to 1.5 times that, not above nor at NaN.
+    assert stuck(2.30, 10) and stuck(0.5, 10) and stuck(3.45, 10)
+    assert not stuck(3.46, 10) and not stuck(40.0, 10) and not stuck(float("nan"), 10)
+
+
+def test_stop_note_names_the_epoch_where_the_study_recorded_it() -> None:
+    row = TrialRow(0, "PRUNED", None, None, (), {}, attrs={"at_chance": {"fold": 1, "epoch": 2, "accuracy": 0.1}})
+    assert stop_note(row) == "at chance @ fold 1 epoch 2"
+    row.attrs["at_chance"] = {"fold": 1, "accuracy": 0.1}  # a study written before the epoch was recorded
+    assert stop_note(row) == "at chance @ fold 1"
