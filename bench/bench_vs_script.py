@@ -111,7 +111,7 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
 
 
 def stopped_by(t: Any) -> str | None:
-    """What stopped a PRUNED trial: ``diverged``, ``chance`` (cnnsearch: a fold ended no better than chance),
+    """What stopped a PRUNED trial: ``diverged``, ``chance`` (cnnsearch: a fold no better than chance),
     ``behind`` (cnnsearch: clearly behind the best trial on the same folds) or ``pruned`` (the pruner)."""
     if t.state.name != "PRUNED":
         return None
