@@ -54,9 +54,10 @@ def chance_from(epochs: int) -> int:
 
 
 def stuck(train_loss: float, n_classes: int) -> bool:
-    """Whether a fold at chance may be stopped before its end: its training loss is not rising (see
-    :data:`STUCK_LOSS`). A loss that is rising can still explode, and a divergence is what the trial must then be
-    recorded as, so such a fold goes on (the fold-end check still stops it, if it ends at chance)."""
+    """Whether a fold at chance may be stopped before its end: its epoch's mean training loss is at most
+    :data:`STUCK_LOSS` times ``ln(n_classes)``. A loss above that may be on its way to an explosion, and a divergence
+    is what the trial must then be recorded as, so such a fold goes on (the fold-end check still stops it, if it
+    ends at chance)."""
     return train_loss <= STUCK_LOSS * math.log(max(2, n_classes))
 
 

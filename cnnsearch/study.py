@@ -6,6 +6,7 @@ a trial (fold scores, divergence, L2 ratio) as trial user attributes, so any Opt
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sqlite3
@@ -382,8 +383,6 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
     to resize torch's threads to the cores free now). The trial's ``threads`` attribute is the most threads it
     trained with.
     """
-    import time
-
     import optuna
     import torch
 
@@ -517,7 +516,7 @@ def make_objective(config: Config, data: Dataset, emit: Emit, *, storage: optuna
                         result = train_fold(
                             params, x_tr, y_tr, x_va, y_va, n_classes=data.n_classes, epochs=run.epochs,
                             seed=seeds[fold], explode=run.explode, fold=fold,
-                            on_epoch=lambda epoch, acc, ce, fold=fold: on_epoch(fold, epoch, acc, ce),  # type: ignore[misc]
+                            on_epoch=functools.partial(on_epoch, fold),
                             precision=run.precision, norm=norms[fold],
                         )
                     record(result, started)
