@@ -151,10 +151,14 @@ def test_the_worker_states_cross_a_spawn_both_ways() -> None:
     assert list(seen.states) == [4]  # the parent's PARKED, seen there: the one worker training takes all 4 cores
 
 
-TAIL = ["-n", "3", "--workers", "2", "--epochs", "4", "--folds", "2", "--max-samples", "200", "--layers", "2",
-        "--width", "16", "--batch-size", "32", "--pruner", "none", "--test-fraction", "0"]
-"""Two workers, three trials of one small architecture: the third trial runs while the other worker has nothing
-left to start."""
+TAIL = ["-n", "3", "--workers", "2", "--epochs", "10", "--folds", "2", "--max-samples", "1500", "--layers", "2",
+        "--width", "16", "--growth", "1", "--pooling", "max", "--batchnorm", "false", "--head", "gap",
+        "--optimizer", "adam", "--lr", "1e-3", "--decay", "1", "--l2", "1e-5", "--dropout", "0", "--batch-size", "32",
+        "--pruner", "none", "--test-fraction", "0"]
+"""Two workers, three trials of one fixed configuration (about 3 s each here, 20 epoch ends): the third trial
+starts when the first of the other two ends and runs while the other worker, with nothing left to start, is parked.
+Fixed, so that no trial is cut short (a divergence, an early stop) or much longer than its twin: with sampled
+settings and 1 s trials, one worker's slower first trial once let the third trial end before its peer parked."""
 
 
 def trial_threads(name: str, where: Path) -> list[int]:
