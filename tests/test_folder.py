@@ -63,12 +63,9 @@ def test_second_load_hits_the_cache(mnist_folder: Path, data_cache: Path) -> Non
     assert len(cached) == 1 and first.info.startswith("decoded 300 images")
     stamp = cached[0].stat().st_mtime_ns
     load_dataset.cache_clear()  # a new process would start with an empty per-process cache
-    start = time.perf_counter()
     second = load_dataset(f"folder:{mnist_folder}", seed=0)
-    elapsed = time.perf_counter() - start
     assert second.info == f"300 images from the cache {cached[0]}"
     assert cached[0].stat().st_mtime_ns == stamp  # read, not rewritten
-    assert elapsed < 1.0
     assert np.array_equal(first.x.numpy(), second.x.numpy()) and np.array_equal(first.y.numpy(), second.y.numpy())
     assert first.record() == second.record()
     # A damaged cache file is only a miss: decoded again, rewritten, same images.
