@@ -191,8 +191,8 @@ def run(
         help="Where to train: cpu, cuda, or auto (CUDA when torch finds a GPU, else the CPU). Results do not "
              f"depend on the device beyond float noise. {_default('device')}")] = None,
     precision: Annotated[Precision | None, typer.Option(
-        help="Training precision: fp32, or bf16 (autocast; on the CPU it pays only with AVX512-BF16 or AMX; "
-             f"stored with the study). {_default('precision')}")] = None,
+        help="Training precision: fp32, or bf16 (autocast, on CUDA or the CPU; stored with the study). "
+             f"{_default('precision')}")] = None,
     pack_folds: Annotated[PackFolds | None, typer.Option(
         "--pack-folds", help="Train the folds of a trial as one packed model (torch.func vmap): on, off, or auto "
                              "(what the benchmarks measured faster: on for CUDA in fp32, off on the CPU). "

@@ -291,7 +291,7 @@ class RunSettings:
     image_size: int | None = None  # resize every image to this square size (pixels); None keeps the source's
     strict: bool = False  # an unreadable image in a folder is an error instead of a skipped file
     device: DeviceName = "auto"  # where training runs; auto -> CUDA when torch.cuda.is_available(), else CPU
-    precision: PrecisionName = "fp32"  # fp32, or bf16 autocast (CUDA, or CPUs with AVX512-BF16/AMX)
+    precision: PrecisionName = "fp32"  # fp32, or bf16 autocast (CUDA or the CPU)
     pack_folds: PackName = "auto"  # train a trial's folds as one packed model; auto -> what bench_pack measured
 
     def __post_init__(self) -> None:
