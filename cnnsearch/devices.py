@@ -51,8 +51,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """The forward pass context: plain float32, or for ``bf16`` torch's autocast on ``device`` (convolutions and
     matmuls in bfloat16, losses and reductions in float32; weights and optimizer state stay float32).
 
-    On the CPU bf16 pays only where the CPU computes bf16 natively (AVX512-BF16, AMX): bench/bench_knobs.py
-    measured 1.2x (8x8) to 2x (28x28) there; elsewhere it can be slower than fp32.
+    On the CPU bf16 can pay only where the CPU computes bf16 natively (AVX512-BF16, AMX): bench/bench_knobs.py
+    measured 1.2x (8x8) to 2x (28x28) there, yet a whole MNIST search on the same AMX CPU ran about 3.3x slower
+    per fold-epoch than fp32 (BENCHMARKS.md, issue 7, section 2); elsewhere it can be slower still.
     """
     check_precision(precision)
     if precision == "bf16":
