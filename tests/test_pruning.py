@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import optuna
@@ -78,3 +79,30 @@ def test_stop_note_names_the_epoch_where_the_study_recorded_it() -> None:
     assert stop_note(row) == "at chance @ fold 1 epoch 2"
     row.attrs["at_chance"] = {"fold": 1, "accuracy": 0.1}  # a study written before the epoch was recorded
     assert stop_note(row) == "at chance @ fold 1"
+
+
+def test_the_curve_replay_stops_a_trial_behind_the_best_curve_before_a_fold_end(tmp_path: Path) -> None:
+    """``bench/replay_curve.py`` compares each epoch but a fold's last with the best finished trial's accuracy at the
+    same step, with :func:`cnnsearch.pruning.behind_margin` over one fold; it must stop a trial far behind that curve,
+    at the first such epoch, and let one level with it go on."""
+    from bench.replay_curve import first_stop
+    from cnnsearch.pruning import behind_margin
+
+    def row(number: int, curve: list[float], start: str, end: str, state: str = "COMPLETE") -> dict[str, object]:
+        return {"number": number, "state": state, "curve": curve, "seconds": 60.0, "start": start, "end": end,
+                "value": sum(curve[1::2]) / 3, "fold_scores": curve[1::2], "stopped_by": None}
+
+    best = row(0, [0.90, 0.95, 0.91, 0.96, 0.90, 0.94], "2026-11-29T00:00:00", "2026-11-29T00:01:00")
+    margin = behind_margin(0.91, 1333, 1, statistics.pstdev([0.95, 0.96, 0.94]), 2.0)  # the best's fold spread
+    behind = row(1, [0.5, 0.9, 0.91 - margin - 1e-3, 0.9, 0.9, 0.9], "2026-11-29T00:01:00", "2026-11-29T00:02:00")
+    level = row(2, [0.5, 0.9, 0.91 - margin + 1e-3, 0.9, 0.9, 0.9], "2026-11-29T00:01:00", "2026-11-29T00:02:00")
+    early = row(3, [0.5, 0.9, 0.5, 0.9, 0.9, 0.9], "2026-11-28T23:58:00", "2026-11-28T23:59:00", "PRUNED")
+    trials = [best, behind, level, early]
+    # Step 0 (epoch 0 of fold 0) is far behind 0.90; step 1 ends fold 0 and is left to behind_best.
+    assert first_stop(behind, trials, folds=3, epochs=2, val_size=1333, z=2.0) == 0
+    behind["curve"][0] = 0.9
+    assert first_stop(behind, trials, folds=3, epochs=2, val_size=1333, z=2.0) == 2
+    level["curve"][0] = 0.9
+    assert first_stop(level, trials, folds=3, epochs=2, val_size=1333, z=2.0) is None
+    # A trial that ran before anything had finished has nothing to be compared with.
+    assert first_stop(early, trials, folds=3, epochs=2, val_size=1333, z=2.0) is None
