@@ -16,7 +16,7 @@ Timing is the dump's own: a trial's step ``s`` ended at its start plus ``(s + 1)
 trial counts as finished from its end time. First-order only: a trial stopped sooner frees its worker and changes
 what the sampler draws next, which no replay can show.
 
-    python -m bench.replay_curve 'bench/out/dumps/b_s*-cnnsearch-*.json' --val-size 1111 --epochs 5
+    python -m bench.replay_curve 'bench/out/dumps/b_s*-cnnsearch-*.json' --val-size 1333 --epochs 5
 """
 
 from __future__ import annotations
@@ -72,8 +72,6 @@ def replay(paths: list[str], folds: int, epochs: int, val_size: int, zs: list[fl
         best_hit = 0
         completed_hit = 0
         for trials in rounds:
-            for t in trials:
-                t["fold_scores"] = t["fold_scores"] or []
             done = [t for t in trials if t["state"] == "COMPLETE"]
             round_best = max(t["value"] for t in done)
             for t in trials:
