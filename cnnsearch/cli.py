@@ -154,6 +154,10 @@ def run(
              "errors below the best finished trial's on the same folds (before any has finished: the best running "
              "trial's); inf turns this check off. "
              f"{_default('behind_margin')}")] = None,
+    cost_weight: Annotated[float | None, typer.Option(
+        help="How much the sampler favours fast configurations: among the candidates TPE draws it keeps the one "
+             "with the largest l(x)/g(x) / (predicted epoch time)^this; 0 is plain TPE. "
+             f"{_default('cost_weight')}")] = None,
     dataset: Annotated[str | None, typer.Option(
         help="Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "
              "cifar10 or cifar100 (torchvision, in --data-dir); folder:PATH (one subfolder of images per class); "
@@ -234,7 +238,8 @@ def run(
     run_given: dict[str, Any] = {
                  "study": study, "storage": storage, "n_trials": n_trials, "folds": folds, "epochs": epochs,
                  "seed": seed, "pruner": pruner.value if pruner else None,
-                 "behind_margin": behind_margin, "dataset": dataset, "explode": explode,
+                 "behind_margin": behind_margin, "cost_weight": cost_weight, "dataset": dataset,
+                 "explode": explode,
                  "test_fraction": test_fraction, "max_samples": max_samples, "threads": threads,
                  "timeout": timeout,
                  "allow_deep": allow_deep or None, "data_dir": data_dir, "download": download or None,

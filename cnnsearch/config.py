@@ -278,6 +278,7 @@ class RunSettings:
     seed: int = 0  # seeds the sampler, the data split, weight init and batch order
     pruner: PrunerName = "median"
     behind_margin: float = 2.0  # standard errors behind the best trial at a fold's end that stop a trial; inf: off
+    cost_weight: float = 0.5  # exponent of a candidate's predicted epoch time in the sampler's choice; 0: plain TPE
     dataset: str = "digits"
     explode: float = 100.0  # diverged when loss > explode x the fold's first-step loss
     test_fraction: float = 0.2  # held out for the final retrain; never seen by the search
@@ -302,6 +303,7 @@ class RunSettings:
             ("--seed", self.seed >= 0, "0 or more"),
             ("--explode", self.explode > 1, "greater than 1"),
             ("--behind-margin", self.behind_margin > 0, "a positive number of standard errors (inf: off)"),
+            ("--cost-weight", 0 <= self.cost_weight < math.inf, "a finite number, 0 or more (0: plain TPE)"),
             ("--test-fraction", 0 <= self.test_fraction < 1, "in [0, 1)"),
         ]
         for label, ok, allowed in checks:

@@ -343,24 +343,37 @@ def sort_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
 
 
 # ------------------------------------------------------------------------------------------ objective
-def _sampler(config: Config, worker: int, history: int = 0) -> optuna.samplers.BaseSampler:
+def _sampler(config: Config, worker: int, history: int = 0,
+             image: tuple[int, int] | None = None) -> optuna.samplers.BaseSampler:
     """TPE seeded from the study seed, the worker index and ``history``, the number of trials the study held
-    when this process opened it.
+    when this process opened it; cost-aware (:mod:`cnnsearch.sampler`) when ``image``, the training images'
+    ``(channels, side)``, is given and ``--cost-weight`` is above 0.
 
     Without ``history`` a resumed run would replay the first run's random start-up draws, and trials would
     repeat parameters already tried; with it, the same seed and the same history still give the same draws.
     """
     import optuna
 
+    from cnnsearch.sampler import COST_DIMS, CostAwareTPESampler
+
     n_startup = min(10, max(3, config.run.n_trials // 4))
     seed = (config.run.seed + 7919 * worker + 104_729 * history) % 2**32  # numpy takes seeds below 2**32
     # multivariate: lr, batch size, optimizer and architecture interact; group: momentum and hidden exist only
     # for some trials. constant_liar: a worker treats the trials still running elsewhere as bad results, so
     # parallel workers do not all sample next to the same good point.
+    kwargs: dict[str, Any] = {"seed": seed, "n_startup_trials": n_startup, "multivariate": True, "group": True,
+                              "constant_liar": True}
     with warnings.catch_warnings():  # group is experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True,
-                                          constant_liar=True)
+        if image is None or config.run.cost_weight == 0:
+            return optuna.samplers.TPESampler(**kwargs)
+        fixed: dict[str, Any] = {}
+        for name in COST_DIMS:
+            dim = config.space[name]
+            value = dim.low if dim.is_range and dim.low == dim.high else dim.fixed
+            if value is not None:
+                fixed[name] = value
+        return CostAwareTPESampler(image=image, fixed=fixed, cost_weight=config.run.cost_weight, **kwargs)
 
 
 def trial_seed(study_seed: int, number: int, fold: int) -> int:
@@ -611,7 +624,8 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     while stored is None and not created and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
         time.sleep(0.1)
         stored = study.user_attrs.get(SETTINGS_ATTR)
-    run_attrs = {"n_trials": run.n_trials, "pruner": run.pruner, "behind_margin": run.behind_margin}
+    run_attrs = {"n_trials": run.n_trials, "pruner": run.pruner, "behind_margin": run.behind_margin,
+                 "cost_weight": run.cost_weight}
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
         study.set_user_attr(RUN_ATTR, run_attrs)
@@ -658,7 +672,8 @@ def stored_config(name: str, url: str) -> Config:
                              f"{SETTINGS_ATTR!r} and {RUN_ATTR!r} study attributes)")
     fixed = {k: settings[k] for k in FIXED_SETTINGS if k in settings}
     run = RunSettings(study=name, storage=url, n_trials=int(run_attrs["n_trials"]), pruner=run_attrs["pruner"],
-                      behind_margin=float(run_attrs.get("behind_margin", RunSettings.behind_margin)), **fixed)
+                      behind_margin=float(run_attrs.get("behind_margin", RunSettings.behind_margin)),
+                      cost_weight=float(run_attrs.get("cost_weight", RunSettings.cost_weight)), **fixed)
     return Config(run=run, space=space_from_dict(settings["space"]))
 
 
@@ -710,7 +725,8 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     study = create_or_resume(config, widen=widen, data=data, storage=storage)
-    study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)))
+    study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)),
+                             image=(int(data.x.shape[1]), int(min(data.x.shape[2:]))))
     study.pruner = make_pruner(config)
     done, _ = finished_count(study)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
