@@ -88,6 +88,9 @@ CASES: dict[str, Case] = {
     "behind-margin-zero": Case([*REF, "--behind-margin", "0"], 2,
                                ["--behind-margin must be a positive number of standard errors (inf: off)", "0.0"]),
     "behind-margin-word": Case([*REF, "--behind-margin", "wide"], 2, ["--behind-margin", "'wide'"], usage=True),
+    "cost-weight-negative": Case([*REF, "--cost-weight", "-0.5"], 2,
+                                 ["--cost-weight must be a finite number, 0 or more (0: plain TPE)", "-0.5"]),
+    "cost-weight-inf": Case([*REF, "--cost-weight", "inf"], 2, ["--cost-weight must be", "inf"]),
     "trials-not-a-number": Case([*REF, "-n", "many"], 2, ["--n-trials", "integer", "'many'"], usage=True),
     "unknown-option": Case([*REF, "--trials", "3"], 2, ["No such option: --trials"], usage=True),
     # --- the configuration file

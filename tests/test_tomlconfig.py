@@ -185,6 +185,7 @@ def test_wrong_types_name_key_value_and_expected(tmp_path: Path, text: str, word
         ('[run]\npruner = "asha"\n', ["run.pruner in", "unknown pruner 'asha'"]),
         ("[run]\nbehind_margin = 0\n", ["run.behind_margin in", "positive number of standard errors", "got 0.0"]),
         ("[run]\nbehind_margin = nan\n", ["run.behind_margin in", "(inf: off)", "got nan"]),
+        ("[run]\ncost_weight = -1\n", ["run.cost_weight in", "0 or more (0: plain TPE)", "got -1.0"]),
         ('[run]\nstudy = "a/b"\n', ["run.study in", "'a/b'"]),
     ],
 )

@@ -91,7 +91,8 @@ def test_bad_workers_value_is_refused(runner: CliRunner, value: str) -> None:
 def test_worker_joins_a_study_reading_its_settings_from_storage(runner: CliRunner) -> None:
     assert runner.invoke(app, ["run", "--study", "t", "-n", "1", "--workers", "1", *SMALL]).exit_code == 0
     study = optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
-    assert study.user_attrs["cnnsearch_run"] == {"n_trials": 1, "pruner": "median", "behind_margin": 2.0}
+    assert study.user_attrs["cnnsearch_run"] == {"n_trials": 1, "pruner": "median", "behind_margin": 2.0,
+                                                   "cost_weight": 0.5}
     # The target is reached: a worker that joins has nothing to do and says so.
     joined = runner.invoke(app, ["worker", "--study", "t", "--workers", "1"])
     assert joined.exit_code == 0, joined.output
@@ -103,8 +104,12 @@ def test_worker_joins_a_study_reading_its_settings_from_storage(runner: CliRunne
     # as JSON's Infinity), and a study stored before the margin was recorded gets the default.
     assert runner.invoke(app, ["run", "--study", "t", "-n", "1", "--behind-margin", "inf", *SMALL]).exit_code == 0
     assert stored_config("t", "sqlite:///studies/t.db").run.behind_margin == math.inf
+    # --cost-weight likewise (0: the workers sample with plain TPE).
+    assert runner.invoke(app, ["run", "--study", "t", "-n", "1", "--cost-weight", "0", *SMALL]).exit_code == 0
+    assert stored_config("t", "sqlite:///studies/t.db").run.cost_weight == 0
     study.set_user_attr("cnnsearch_run", {"n_trials": 1, "pruner": "median"})
     assert stored_config("t", "sqlite:///studies/t.db").run.behind_margin == RunSettings().behind_margin
+    assert stored_config("t", "sqlite:///studies/t.db").run.cost_weight == RunSettings().cost_weight
 
 
 def test_forked_workers_share_the_work_and_the_caller_keeps_its_torch_threads(runner: CliRunner) -> None:
