@@ -9,7 +9,7 @@ the trials so far rate about equally, the faster one is taken, and a candidate `
 A full "expected improvement per second" (Snoek et al., 2012) with TPE's expected improvement,
 ``1 / (γ + (1 - γ) g/l)`` (Bergstra et al., 2011), was measured first and is not what this does: that EI saturates at
 ``1 / γ``, so almost every candidate from ``l(x)`` looked equally promising and the cheapest won. On MNIST it
-picked 2- and 3-layer width-16 nets, which the pruner stopped, and no trial beat the first (BENCHMARKS.md).
+picked 2- to 4-layer width-16 nets, which the pruner stopped, and no trial beat the first (BENCHMARKS.md).
 
 The time of an epoch is predicted from the conv multiply-adds of one image (:func:`conv_macs`) and the batch size:
 ``log seconds = a + b log macs + c log batch``, fitted by least squares to the trials of the study (their duration
