@@ -32,15 +32,27 @@ def pool_positions(layers: int, size: int) -> list[int]:
     return sorted({math.ceil((k + 1) * layers / n_pools) - 1 for k in range(n_pools)})
 
 
-def channel_plan(params: TrialParams, size: int) -> list[int]:
-    """Output channels of each conv block: the base width, multiplied by ``growth`` after each pool."""
-    pools = set(pool_positions(params.layers, size))
-    channels, width = [], float(params.width)
-    for i in range(params.layers):
-        channels.append(min(MAX_CHANNELS, max(1, round(width))))
+def channel_plan(layers: int, width: int, growth: float, size: int) -> list[int]:
+    """Output channels of each conv block: the base ``width``, multiplied by ``growth`` after each pool."""
+    pools = set(pool_positions(layers, size))
+    channels, current = [], float(width)
+    for i in range(layers):
+        channels.append(min(MAX_CHANNELS, max(1, round(current))))
         if i in pools:
-            width *= params.growth
+            current *= growth
     return channels
+
+
+def conv_macs(layers: int, width: int, growth: float, in_channels: int, size: int) -> float:
+    """Multiply-adds of the conv layers of :func:`build_model` for one ``size`` x ``size`` image."""
+    pools = set(pool_positions(layers, size))
+    side, c_in, total = size, in_channels, 0.0
+    for i, c_out in enumerate(channel_plan(layers, width, growth, size)):
+        total += side * side * 9 * c_in * c_out
+        c_in = c_out
+        if i in pools:
+            side //= 2
+    return total
 
 
 def build_model(params: TrialParams, in_channels: int, size: int, n_classes: int) -> nn.Module:
@@ -51,7 +63,7 @@ def build_model(params: TrialParams, in_channels: int, size: int, n_classes: int
     pools = set(pool_positions(params.layers, size))
     blocks: list[nn.Module] = []
     c_in = in_channels
-    for i, c_out in enumerate(channel_plan(params, size)):
+    for i, c_out in enumerate(channel_plan(params.layers, params.width, params.growth, size)):
         blocks.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not params.batchnorm))
         if params.batchnorm:
             blocks.append(nn.BatchNorm2d(c_out))

@@ -30,8 +30,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cnnsearch.model import channel_plan, pool_positions
-from cnnsearch.space import params_from_dict
+from cnnsearch.model import conv_macs as model_macs
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -54,18 +53,8 @@ MIN_FIT = 6
 
 
 def conv_macs(params: Mapping[str, Any], in_channels: int, size: int) -> float:
-    """Multiply-adds of the conv layers for one ``size`` x ``size`` image, as :func:`cnnsearch.model.build_model`
-    lays them out (3x3 kernels, 2x2 pools after the blocks :func:`cnnsearch.model.pool_positions` names)."""
-    p = params_from_dict({"lr": 0, "decay": 0, "l2": 0, "dropout": 0, "pooling": "max", "batchnorm": True,
-                          "head": "gap", "optimizer": "adam", **{k: params[k] for k in COST_DIMS}})
-    pools = set(pool_positions(p.layers, size))
-    side, c_in, total = size, in_channels, 0.0
-    for i, c_out in enumerate(channel_plan(p, size)):
-        total += side * side * 9 * c_in * c_out
-        c_in = c_out
-        if i in pools:
-            side //= 2
-    return total
+    """:func:`cnnsearch.model.conv_macs` for the cost dimensions in ``params``."""
+    return model_macs(int(params["layers"]), int(params["width"]), float(params["growth"]), in_channels, size)
 
 
 def epoch_seconds(trial: FrozenTrial) -> float | None:
@@ -115,6 +104,7 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         self._fixed = dict(fixed)
         self._cost_weight = cost_weight
         self._study: Study | None = None
+        self._space: dict[str, BaseDistribution] = {}
         self.last_pick: dict[str, Any] | None = None  # the last cost-weighed choice, for tests and diagnostics
 
     def _sample(self, study: Study, trial: FrozenTrial,
