@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.common import print_table
-from cnnsearch.config import DIMS, SearchSpace, build_space
+from cnnsearch.config import SearchSpace, build_space
 from cnnsearch.sampler import COST_DIMS, CostAwareTPESampler
 from cnnsearch.space import suggest
 
@@ -43,17 +43,18 @@ N_STARTUP = 5
 """``cnnsearch run``'s start-up trials for a 20-trial budget (``min(10, max(3, n_trials // 4))``)."""
 
 
-def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
-    """The distribution :func:`cnnsearch.space.suggest` asks for, for every dimension of ``space``."""
-    out: dict[str, BaseDistribution] = {}
-    for spec in DIMS:
-        dim = space[spec.name]
-        if not dim.is_range:
-            out[spec.name] = CategoricalDistribution(list(dim.choices))
-        elif dim.kind == "int":
-            out[spec.name] = IntDistribution(int(dim.low or 0), int(dim.high or 0), log=dim.log)
-        else:
-            out[spec.name] = FloatDistribution(float(dim.low or 0), float(dim.high or 0), log=dim.log)
+def distributions(trials: list[dict[str, Any]], space: SearchSpace) -> dict[int, dict[str, BaseDistribution]]:
+    """The distributions :func:`cnnsearch.space.suggest` asks for, per dumped trial: its parameters are queued on a
+    scratch study and asked for again through ``suggest`` itself."""
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = {}
+    for t in trials:
+        scratch.enqueue_trial(t["params"])
+        trial = scratch.ask()
+        suggest(trial, space)
+        if trial.params != t["params"]:
+            raise SystemExit(f"trial {t['number']}'s parameters are outside the default space: {t['params']}")
+        out[t["number"]] = trial.distributions
     return out
 
 
@@ -63,7 +64,7 @@ def frozen(t: dict[str, Any], dists: dict[str, BaseDistribution], running: bool)
     curve = {} if running else dict(enumerate(t["curve"]))
     value = t["value"] if state == TrialState.COMPLETE else None
     out = optuna.trial.create_trial(state=state, value=value, params=t["params"],
-                                    distributions={k: dists[k] for k in t["params"]}, intermediate_values=curve)
+                                    distributions=dists, intermediate_values=curve)
     out.datetime_start = datetime.fromisoformat(t["start"])
     out.datetime_complete = None if running else datetime.fromisoformat(t["end"])
     return out
@@ -88,7 +89,7 @@ class Recorder(CostAwareTPESampler):
 def replay(trials: list[dict[str, Any]], weight: float, image: tuple[int, int], space: SearchSpace,
            seed: int) -> list[tuple[bool, float, float]]:
     """``(moved, log-time change, log l/g given up)`` for each TPE proposal of one dumped study."""
-    dists = distributions(space)
+    dists = distributions(trials, space)
     out = []
     for t in trials:
         if t["number"] < N_STARTUP:
@@ -104,7 +105,7 @@ def replay(trials: list[dict[str, Any]], weight: float, image: tuple[int, int], 
                                n_startup_trials=N_STARTUP, multivariate=True, group=True, constant_liar=True)
         study = optuna.create_study(direction="maximize", sampler=sampler)
         for u in before:
-            study.add_trial(frozen(u, dists, running=u not in ended))
+            study.add_trial(frozen(u, dists[u["number"]], running=u not in ended))
         suggest(study.ask(), space)
         if sampler.record is None:
             continue

@@ -367,12 +367,8 @@ def _sampler(config: Config, worker: int, history: int = 0,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if image is None or config.run.cost_weight == 0:
             return optuna.samplers.TPESampler(**kwargs)
-        fixed: dict[str, Any] = {}
-        for name in COST_DIMS:
-            dim = config.space[name]
-            value = dim.low if dim.is_range and dim.low == dim.high else dim.fixed
-            if value is not None:
-                fixed[name] = value
+        # parse_dim stores a range with low == high as a single choice, so Dim.fixed covers both spellings.
+        fixed = {n: config.space[n].fixed for n in COST_DIMS if config.space[n].fixed is not None}
         return CostAwareTPESampler(image=image, fixed=fixed, cost_weight=config.run.cost_weight, **kwargs)
 
 
