@@ -38,9 +38,7 @@ from bench.common import print_table
 from cnnsearch.config import SearchSpace, build_space
 from cnnsearch.sampler import COST_DIMS, CostAwareTPESampler
 from cnnsearch.space import suggest
-
-N_STARTUP = 5
-"""``cnnsearch run``'s start-up trials for a 20-trial budget (``min(10, max(3, n_trials // 4))``)."""
+from cnnsearch.study import startup_trials
 
 
 def distributions(trials: list[dict[str, Any]], space: SearchSpace) -> dict[int, dict[str, BaseDistribution]]:
@@ -86,23 +84,24 @@ class Recorder(CostAwareTPESampler):
         return acq
 
 
-def replay(trials: list[dict[str, Any]], weight: float, image: tuple[int, int], space: SearchSpace,
-           seed: int) -> list[tuple[bool, float, float]]:
-    """``(moved, log-time change, log l/g given up)`` for each TPE proposal of one dumped study."""
-    dists = distributions(trials, space)
+def replay(trials: list[dict[str, Any]], dists: dict[int, dict[str, BaseDistribution]], weight: float,
+           image: tuple[int, int], space: SearchSpace, seed: int) -> list[tuple[bool, float, float]]:
+    """``(moved, log-time change, log l/g given up)`` for each TPE proposal of one dumped study (its trials are
+    the whole budget, so their count gives ``cnnsearch run``'s start-up trials)."""
+    n_startup = startup_trials(len(trials))
     out = []
     for t in trials:
-        if t["number"] < N_STARTUP:
+        if t["number"] < n_startup:
             continue
         start = datetime.fromisoformat(t["start"])
         before = [u for u in trials if u["number"] != t["number"] and datetime.fromisoformat(u["start"]) < start]
         ended = [u for u in before if datetime.fromisoformat(u["end"]) <= start]
-        if sum(u["state"] in ("COMPLETE", "PRUNED") for u in ended) < N_STARTUP:
+        if sum(u["state"] in ("COMPLETE", "PRUNED") for u in ended) < n_startup:
             continue  # TPE would still sample at random
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = Recorder(image=image, fixed={}, cost_weight=weight, seed=seed + t["number"],
-                               n_startup_trials=N_STARTUP, multivariate=True, group=True, constant_liar=True)
+                               n_startup_trials=n_startup, multivariate=True, group=True, constant_liar=True)
         study = optuna.create_study(direction="maximize", sampler=sampler)
         for u in before:
             study.add_trial(frozen(u, dists[u["number"]], running=u not in ended))
@@ -129,13 +128,16 @@ def main() -> None:
         raise SystemExit(f"no dump matches {a.pattern!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = build_space()
+    dumps = []  # read once, for every weight
+    for path in paths:
+        trials = sorted(json.loads(Path(path).read_text()), key=lambda t: t["number"])
+        seed = zlib.crc32(Path(path).name.encode())  # the same candidates for every weight
+        dumps.append((trials, distributions(trials, space), seed))
     rows = []
     for weight in a.weights:
         picks: list[tuple[bool, float, float]] = []
-        for path in paths:
-            trials = sorted(json.loads(Path(path).read_text()), key=lambda t: t["number"])
-            seed = zlib.crc32(Path(path).name.encode())  # the same candidates for every weight
-            picks += replay(trials, weight, (channels, side), space, seed)
+        for trials, dists, seed in dumps:
+            picks += replay(trials, dists, weight, (channels, side), space, seed)
         if not picks:
             raise SystemExit("no TPE proposal to replay in these dumps")
         rows.append([f"{weight:g}", len(picks), f"{100 * statistics.mean(m for m, _, _ in picks):.0f}%",

@@ -343,6 +343,11 @@ def sort_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
 
 
 # ------------------------------------------------------------------------------------------ objective
+def startup_trials(n_trials: int) -> int:
+    """TPE's random start-up trials for a budget of ``n_trials``: a quarter of it, at least 3 and at most 10."""
+    return min(10, max(3, n_trials // 4))
+
+
 def _sampler(config: Config, worker: int, history: int = 0,
              image: tuple[int, int] | None = None) -> optuna.samplers.BaseSampler:
     """TPE seeded from the study seed, the worker index and ``history``, the number of trials the study held
@@ -356,7 +361,7 @@ def _sampler(config: Config, worker: int, history: int = 0,
 
     from cnnsearch.sampler import COST_DIMS, CostAwareTPESampler
 
-    n_startup = min(10, max(3, config.run.n_trials // 4))
+    n_startup = startup_trials(config.run.n_trials)
     seed = (config.run.seed + 7919 * worker + 104_729 * history) % 2**32  # numpy takes seeds below 2**32
     # multivariate: lr, batch size, optimizer and architecture interact; group: momentum and hidden exist only
     # for some trials. constant_liar: a worker treats the trials still running elsewhere as bad results, so
