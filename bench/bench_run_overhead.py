@@ -11,35 +11,23 @@ spawned worker imports torch and starts CUDA) can outweigh the trials themselves
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import cnnsearch_cmd, env, machine, mnist_npz
+from bench.common import cnnsearch_cmd, machine, mnist_npz, print_table, timed
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
-    """Wall seconds of ``cmd`` as a fresh process; exits with its stderr if it fails."""
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env(), cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return seconds
-
-
-def trial_times(db: Path) -> tuple[float, float]:
+def trial_times(storage: str) -> tuple[float, float]:
     """``(span, summed)``: seconds from the first trial's start to the last one's end, and the trials' seconds
-    summed, read from the study's SQLite file."""
-    with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT datetime_start, datetime_complete FROM trials").fetchall()
-    pairs = [(dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b)) for a, b in rows if a and b]
-    span = (max(b for _, b in pairs) - min(a for a, _ in pairs)).total_seconds()
-    return span, sum((b - a).total_seconds() for a, b in pairs)
+    summed, read from the study."""
+    import optuna
+
+    pairs = [(t.datetime_start, t.datetime_complete)
+             for t in optuna.load_study(study_name="overhead", storage=storage).get_trials(deepcopy=False)
+             if t.datetime_start is not None and t.datetime_complete is not None]
+    span = max(end for _, end in pairs) - min(start for start, _ in pairs)
+    return span.total_seconds(), sum((end - start).total_seconds() for start, end in pairs)
 
 
 def main() -> None:
@@ -55,26 +43,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         npz = mnist_npz(tmp / "mnist-t10k.npz")
-        print("\n| process | wall s |\n| --- | --- |")
         probes = [("python -c pass", "pass"), ("import torch (first)", "import torch"),
                   ("import torch (again)", "import torch")]
         if args.device == "cuda":
             probes.append(("import torch, start CUDA",
                            "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"))
-        for label, code in probes:
-            print(f"| {label} | {timed([py, '-c', code], tmp):.2f} |", flush=True)
-        print(f"\n### cnnsearch run on MNIST ({args.max_samples} images), {args.trials} trials x 3 folds x "
-              f"{args.epochs} epoch(s), --device {args.device}\n")
-        print("| workers | wall s | first trial start to last end, s | trials summed, s | outside the trials, s |")
-        print("| --- | --- | --- | --- | --- |")
+        print_table("Fresh processes", ["process", "wall s"],
+                    [[label, f"{timed([py, '-c', code], tmp):.2f}"] for label, code in probes])
+        rows = []
         for i, workers in enumerate(args.workers):
-            db = tmp / f"overhead{i}.db"
-            wall = timed(cnnsearch_cmd("run", "--study", "overhead", "--storage", f"sqlite:///{db}",
-                                       "-n", str(args.trials), "--dataset", f"npz:{npz}", "--folds", "3",
-                                       "--epochs", str(args.epochs), "--max-samples", str(args.max_samples),
-                                       "--seed", "0", "--workers", workers, "--device", args.device), tmp)
-            span, summed = trial_times(db)
-            print(f"| {workers} | {wall:.1f} | {span:.1f} | {summed:.1f} | {wall - span:.1f} |", flush=True)
+            storage = f"sqlite:///{tmp}/overhead{i}.db"
+            wall = timed(cnnsearch_cmd("run", "--study", "overhead", "--storage", storage, "-n", str(args.trials),
+                                       "--dataset", f"npz:{npz}", "--folds", "3", "--epochs", str(args.epochs),
+                                       "--max-samples", str(args.max_samples), "--seed", "0", "--workers", workers,
+                                       "--device", args.device), tmp)
+            span, summed = trial_times(storage)
+            rows.append([workers, f"{wall:.1f}", f"{span:.1f}", f"{summed:.1f}", f"{wall - span:.1f}"])
+        print_table(f"cnnsearch run on MNIST ({args.max_samples} images), {args.trials} trials x 3 folds x "
+                    f"{args.epochs} epoch(s), --device {args.device}",
+                    ["workers", "wall s", "first trial start to last end, s", "trials summed, s",
+                     "outside the trials, s"], rows)
 
 
 if __name__ == "__main__":

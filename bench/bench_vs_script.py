@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, cnnsearch_cmd, env, median, mnist_npz, print_table
+from bench.common import ROOT, cnnsearch_cmd, env, median, mnist_npz, print_table, timed
 
 
 def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: int,
@@ -181,15 +181,9 @@ def cnnsearch_result(db: Path, study: str, per_trial: int, dump: str | None = No
 
 def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> float:
     """``cnnsearch run`` with its defaults on ``budget`` in the fresh study ``bench{r}``; its wall seconds."""
-    start = time.perf_counter()
-    done = subprocess.run(cnnsearch_cmd("run", "--study", f"bench{r}", "--storage", f"sqlite:///{tmp}/bench{r}.db",
-                                        "-n", str(args.trials), "--dataset", spec, *budget,
-                                        *args.cnnsearch_args.split()),
-                          env=env(), cwd=tmp, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"cnnsearch run failed ({done.returncode}):\n{done.stderr}")
-    return seconds
+    return timed(cnnsearch_cmd("run", "--study", f"bench{r}", "--storage", f"sqlite:///{tmp}/bench{r}.db",
+                               "-n", str(args.trials), "--dataset", spec, *budget, *args.cnnsearch_args.split()),
+                 tmp)
 
 
 def cnnsearch_accepts(dataset: str) -> str | None:
