@@ -40,11 +40,11 @@ def cnnsearch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "cnnsearch", *args]
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
-    """Wall seconds of ``cmd`` as a fresh process with this checkout first on the path; exits with the end of its
-    stderr if it fails."""
+def timed(cmd: list[str], cwd: Path, **extra: str) -> float:
+    """Wall seconds of ``cmd`` as a fresh process with this checkout first on the path (and the ``extra``
+    environment variables); exits with the end of its stderr if it fails."""
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env(), cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(cmd, env={**env(), **extra}, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")

@@ -3,8 +3,9 @@
 #   bash bench/gpu_session.sh
 # It expects the packages the GPU image lacks as wheels in .whl/ (optuna and its needs) and the MNIST test set's
 # two files in .mnist/ (both gitignored, carried by the device tool). Each step's output goes to $OUT/STEP.txt
-# and the last lines of it to stdout (SKIP='loop pack' leaves steps out; SEED sets the searches' first seed); the
-# search dumps come back as one archive.
+# and the last lines of it to stdout (SKIP='loop pack' leaves steps out; SEED sets the searches' first seed; TESTK
+# is a pytest -k filter for the tests step; REPEATS the overhead step's rounds); the search dumps come back as one
+# archive.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT" /tmp/dumps
@@ -19,6 +20,7 @@ if [ -d .mnist ] && [ ! -d ../shared/data/mnist-t10k ]; then
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+ls /proc/driver/nvidia/version  # where present, cnnsearch starts its forkserver early for --device auto
 python3 -c "import torch, optuna; print('torch', torch.__version__, 'optuna', optuna.__version__, 'cuda', torch.cuda.is_available())" \
     || exit 1
 
@@ -33,12 +35,14 @@ step() {  # step NAME SECONDS COMMAND...
     grep -v '^\s*$' "$OUT/$name.txt" | tail -n "${TAIL:-25}"
 }
 
-step tests 70 python3 -m pytest tests/test_cuda.py tests/test_devices.py -q -s -p no:cacheprovider
+step tests 90 python3 -m pytest tests/test_cuda.py tests/test_devices.py -q -s -p no:cacheprovider ${TESTK:+-k "$TESTK"}
+step overhead 200 python3 -m bench.bench_run_overhead --device cuda --workers 4 1 --starts spawn forkserver \
+    --repeats "${REPEATS:-2}"
 step loop 90 python3 -m bench.bench_loop --device cuda --extras --samples 10000 --epochs 4 --repeats 5
 step loop_bf16 50 python3 -m bench.bench_loop --device cuda --precision bf16 --samples 10000 --epochs 2 --repeats 3
 step pack 80 python3 -m bench.bench_pack --device cuda --samples 4000 --epochs 2 --repeats 3
 step vs_mnist 235 python3 -m bench.bench_vs_script --dataset mnist --trials 20 --epochs 5 --max-samples 5000 \
     --seed "${SEED:-1}" --repeats 2 --dump /tmp/dumps/gpu_vsm
-step vs_digits 150 python3 -m bench.bench_vs_script --dataset digits --trials 30 --epochs 10 --seed "${SEED:-1}" \
+step vs_digits 180 python3 -m bench.bench_vs_script --dataset digits --trials 30 --epochs 10 --seed "${SEED:-1}" \
     --repeats 1 --dump /tmp/dumps/gpu_vsd
 tar -czf "$OUT/dumps.tgz" -C /tmp dumps

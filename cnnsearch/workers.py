@@ -16,8 +16,18 @@ first must run one 2-thread operation within :data:`PROBE_WAIT`, since a library
 loading ran on several threads, may already hold a pool. Where the probe fails, workers of one thread each are
 forked without sharing the cores, and others are spawned. Second, the main process closes its database
 connections, so no SQLite or PostgreSQL connection is shared with a child. Third, each child puts back the real
-standard streams that the progress display had replaced. CUDA cannot be forked once initialised, and macOS
-frameworks are not fork-safe: there, and for ``--device cuda``, the workers are spawned.
+standard streams that the progress display had replaced.
+
+CUDA workers on Linux (and CPU workers there when the fork probe fails) are forked from a ``forkserver``: a fresh
+process that imports torch, ``torch._dynamo``, scikit-learn and cnnsearch once (:data:`PRELOAD`) and never starts
+CUDA, so each worker starts CUDA in a clean process without importing anything again. The main process may not
+be forked for CUDA: checking ``torch.cuda.is_available()`` already starts the CUDA driver there. On an H200 a
+spawned worker spent 4.5-7.5 s importing torch alone, and four importing at once left a 1-epoch MNIST search
+29.5 s of its 33.2 s outside its trials (BENCHMARKS.md, issue 7, section 7). When the run is likely to use CUDA
+(``--device cuda``, or ``auto`` where the NVIDIA driver is loaded) the server is started first, so its imports
+run alongside the main process's own. Elsewhere (macOS frameworks are not fork-safe) the workers are spawned.
+``CNNSEARCH_START_METHOD`` (``fork``, ``forkserver`` or ``spawn``) overrides the choice, to compare them or to
+work around a platform.
 
 Cores: unless ``--threads`` is given, the workers share the machine's cores through a small shared array, one
 state per worker (between trials, training, or parked with nothing left to start). A worker re-counts its torch
@@ -43,7 +53,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.study import Emit, SearchResult, TrialFinished, _ignore
@@ -66,6 +76,19 @@ PROBE_WAIT = 1.0
 
 START_WAIT = 120.0
 """Seconds a local worker waits for the others to be set up before its first trial."""
+
+StartMethod = Literal["fork", "forkserver", "spawn"]
+START_METHODS: tuple[StartMethod, ...] = ("fork", "forkserver", "spawn")
+START_ENV = "CNNSEARCH_START_METHOD"
+"""Environment variable that overrides :func:`start_method`: one of :data:`START_METHODS`."""
+
+PRELOAD = ["torch", "torch._dynamo", "sklearn.model_selection", "optuna", "cnnsearch.study", "cnnsearch.train",
+           "cnnsearch.packed", "cnnsearch.workers"]
+"""What the forkserver imports once for all its workers: what a worker imports before its first trial
+(``torch._dynamo`` comes with torch's first optimizer). None of it starts CUDA."""
+
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"
+"""Present where the NVIDIA kernel driver is loaded: ``--device auto`` will likely pick CUDA there."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +180,10 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     # One deadline for every worker, counted from the start of the run (imports and data loading included).
     deadline = None if run.timeout is None else (time.time() if started is None else started) + run.timeout
 
+    if run.workers != 1 and (run.device == "cuda" or (run.device == "auto" and os.path.exists(NVIDIA_DRIVER))) \
+            and sys.platform == "linux" and os.environ.get(START_ENV, "forkserver") == "forkserver":
+        start_forkserver()  # likely to be used: its imports run while this process imports torch and loads the data
+
     import optuna
     import torch
 
@@ -195,11 +222,12 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     most = cores if share else config.run.threads or 1  # the most threads a worker may use
     if method == "fork" and most > 1 and not fork_keeps_threads():
         # This process holds an OpenMP pool: a forked worker would hang on more than one thread. Workers of one
-        # thread each are still forked (they do not share the cores then); others are spawned.
+        # thread each are still forked (they do not share the cores then); others start from a forkserver.
         if config.run.threads == 1:
             share = False
         else:
-            method = "spawn"
+            method = "forkserver"
+            start_forkserver()
     if method == "fork":
         storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
     try:
@@ -244,13 +272,48 @@ def fork_keeps_threads(wait: float = PROBE_WAIT) -> bool:
     return False
 
 
-def start_method(device_type: str) -> str:
-    """``fork`` for CPU workers on Linux (see the module's docstring), else ``spawn``."""
-    return "fork" if sys.platform == "linux" and device_type == "cpu" else "spawn"
+def start_method(device_type: str) -> StartMethod:
+    """How to start the workers (see the module's docstring): on Linux ``fork`` for the CPU and ``forkserver`` for
+    CUDA, elsewhere ``spawn``; ``$CNNSEARCH_START_METHOD`` overrides it.
+
+    Raises:
+        CnnSearchError: the variable names no start method, or one this platform lacks, or ``fork`` for CUDA.
+    """
+    import multiprocessing as mp
+
+    chosen = os.environ.get(START_ENV, "")
+    if not chosen:
+        if sys.platform != "linux":
+            return "spawn"
+        return "fork" if device_type == "cpu" else "forkserver"
+    allowed = [m for m in START_METHODS if m in mp.get_all_start_methods()]
+    if chosen not in allowed:
+        raise CnnSearchError(f"{START_ENV}={chosen!r} is not a start method here; allowed: {', '.join(allowed)}")
+    if chosen == "fork" and device_type != "cpu":
+        raise CnnSearchError(f"{START_ENV}=fork cannot start CUDA workers (CUDA does not survive a fork); "
+                             "use forkserver or spawn")
+    return chosen
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now (it imports :data:`PRELOAD`), unless it runs already.
+
+    It is started with SIGINT ignored, which its workers inherit from it: a Ctrl-C reaches them only as the
+    SIGTERM the main process passes on.
+    """
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study: optuna.Study,
-                   method: str, deadline: float | None, cores: int | None) -> SearchResult:
+                   method: StartMethod, deadline: float | None, cores: int | None) -> SearchResult:
     """Start ``n`` workers and relay their events until all have ended. ``cores``: the cores they share
     (:class:`CoreShare`), or None when each keeps ``config.run.threads``."""
     import multiprocessing as mp
@@ -259,10 +322,13 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     from cnnsearch import interrupts
     from cnnsearch.study import divergence_notes, finished_count, timeout_note, trial_rows
 
-    ctx = mp.get_context("fork") if method == "fork" else mp.get_context("spawn")
+    if method == "forkserver":
+        start_forkserver()  # where it was not started early
+    ctx = mp.get_context("fork") if method == "fork" else \
+        mp.get_context("forkserver") if method == "forkserver" else mp.get_context("spawn")
     procs: list[mp.process.BaseProcess] = []
     readers: dict[Connection, int] = {}
-    # Children inherit an ignored SIGINT across exec, so a Ctrl-C cannot reach them before they start.
+    # Children inherit an ignored SIGINT across fork and exec, so a Ctrl-C cannot reach them before they start.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     started = ctx.Barrier(n)
     share = None if cores is None else CoreShare(ctx, n, cores)
@@ -344,6 +410,7 @@ def _worker_main(config: Config, index: int, conn: Connection, started: Barrier,
     from cnnsearch.interrupts import EXIT_INTERRUPTED
     from cnnsearch.study import Event, run_search
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # already so, unless a forkserver started elsewhere forked it
     # A forked worker starts with the main process's streams, which the live progress display may have replaced
     # with proxies that write through its console (and whose lock another thread may have held at the fork).
     if sys.__stdout__ is not None and sys.__stderr__ is not None:

@@ -186,7 +186,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for ``sys.executable -m cnnsearch`` that imports this checkout's cnnsearch."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep what was there
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
     env.pop("CNNSEARCH_PAUSE_AT", None)
     env.update(extra)
     return env

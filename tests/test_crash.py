@@ -116,10 +116,12 @@ def test_a_trial_that_died_before_recording_its_process_is_recovered_after_a_whi
     assert [t.state for t in st.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
 
 
-def test_kill_9_of_one_of_two_workers_the_other_retries_its_trial_in_the_same_run(in_tmp: Path) -> None:
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_kill_9_of_one_of_two_workers_the_other_retries_its_trial_in_the_same_run(in_tmp: Path, start: str) -> None:
+    # Forked from this process (CPU) or from a forkserver (CUDA): the main process sees the death either way.
     n = 6
     proc = start_cli(["run", "--study", "t", "--epochs", "4", "--folds", "2", "--max-samples", "400",
-                      "--workers", "2", "-n", str(n)], in_tmp)
+                      "--workers", "2", "-n", str(n)], in_tmp, CNNSEARCH_START_METHOD=start)
     try:
         victim = None
         deadline = time.monotonic() + 90

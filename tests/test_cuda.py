@@ -9,7 +9,10 @@ is a precision choice, not float noise.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 import pytest
@@ -21,6 +24,7 @@ from cnnsearch.data import load_dataset
 from cnnsearch.packed import train_folds_packed
 from cnnsearch.space import TrialParams
 from cnnsearch.train import Diverged, FoldResult, train_fold
+from tests.conftest import cli_env
 from tests.test_packed import Folds, params, stratified  # the same folds and models
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -120,6 +124,19 @@ def test_cli_run_on_cuda(runner: CliRunner, precision: str) -> None:
     best = max(t.value for t in trials if t.value is not None)
     print(f"\ncnnsearch run --device cuda --precision {precision}: best {best:.4f}")
     assert best > 0.5  # digits, 320 images in 2 folds, 4 epochs: the starting point learns well past chance
+
+
+def test_cuda_workers_start_from_a_forkserver_and_train_on_the_card(in_tmp: Path) -> None:
+    # This process has started CUDA, so it cannot fork CUDA workers; a forkserver that imported torch (and not
+    # CUDA) forks them, and each starts CUDA on its own.
+    proc = subprocess.run([sys.executable, "-m", "cnnsearch", "run", "--study", "g", "-n", "4", "--workers", "2",
+                           "--device", "cuda", "--epochs", "1", "--folds", "2", "--max-samples", "300",
+                           "--test-fraction", "0"], cwd=in_tmp, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="g", storage="sqlite:///studies/g.db").get_trials()
+    assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
 
 
 @pytest.mark.parametrize("lever", ["PRENORM_MAX_BYTES", "FUSED_OPTIMIZER"])

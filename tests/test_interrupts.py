@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -32,10 +33,10 @@ def integrity(name: str = "t") -> str:
 
 
 def interrupt(in_tmp: Path, moment: str, signals: list[signal.Signals], *, workers: int = 1,
-              n: int = 1) -> tuple[int, str, float]:
+              n: int = 1, **env: str) -> tuple[int, str, float]:
     """Run until paused at ``moment``, send ``signals`` 0.3 s apart; (exit code, stderr, seconds to exit)."""
     proc = start_cli(["run", "--study", "t", *ARGS, "-n", str(n), "--workers", str(workers)], in_tmp,
-                     CNNSEARCH_PAUSE_AT=moment)
+                     CNNSEARCH_PAUSE_AT=moment, **env)
     try:
         wait_for_line(proc, f"paused at {moment}")
         for i, sig in enumerate(signals):
@@ -95,8 +96,10 @@ def test_second_sigint_exits_at_once_and_the_next_run_recovers_the_running_trial
     assert retry.user_attrs["reused_folds"] == 2  # both folds had finished: nothing is trained again
 
 
-def test_ctrl_c_with_two_workers_stops_both_cleanly(in_tmp: Path) -> None:
-    code, err, _ = interrupt(in_tmp, "training", [signal.SIGINT], workers=2, n=4)
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_ctrl_c_with_two_workers_stops_both_cleanly(in_tmp: Path, start: str) -> None:
+    # Forked from this process (CPU) or from a forkserver (CUDA): either way only the main process takes SIGINT.
+    code, err, _ = interrupt(in_tmp, "training", [signal.SIGINT], workers=2, n=4, CNNSEARCH_START_METHOD=start)
     assert code == 130 and "Resume with: cnnsearch run --study t" in err
     assert integrity() == "ok"
     states = [t.state for t in trials()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +17,12 @@ from typer.testing import CliRunner
 
 from cnnsearch.cli import app
 from cnnsearch.config import RunSettings
+from cnnsearch.errors import CnnSearchError
 from cnnsearch.study import cpu_cores, stored_config
 from cnnsearch.workers import (
     IDLE,
     PARKED,
+    START_ENV,
     TRAINING,
     CoreShare,
     CoreSlot,
@@ -63,10 +66,39 @@ def test_workers_stop_at_the_timeout_and_the_run_ends_normally(in_tmp: Path) -> 
     assert f"Stopped at --timeout 15 s with {done} of 500 trials finished" in " ".join(proc.stdout.split())
 
 
-def test_workers_are_forked_only_for_the_cpu_on_linux() -> None:
-    # A CUDA context does not survive a fork, and macOS frameworks are not fork-safe: those spawn.
-    assert start_method("cuda") == "spawn"
+def test_workers_are_forked_from_the_main_process_only_for_the_cpu_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA does not survive a fork, so CUDA workers start from a forkserver; macOS frameworks are not fork-safe.
+    monkeypatch.delenv(START_ENV, raising=False)
+    assert start_method("cuda") == ("forkserver" if sys.platform == "linux" else "spawn")
     assert start_method("cpu") == ("fork" if sys.platform == "linux" else "spawn")
+    monkeypatch.setenv(START_ENV, "spawn")
+    assert start_method("cpu") == start_method("cuda") == "spawn"
+    for bad, message in [("vfork", "CNNSEARCH_START_METHOD='vfork' is not a start method here; allowed: fork"),
+                         ("fork", "CNNSEARCH_START_METHOD=fork cannot start CUDA workers")]:
+        monkeypatch.setenv(START_ENV, bad)
+        with pytest.raises(CnnSearchError, match=re.escape(message)):
+            start_method("cuda")
+
+
+def test_a_bad_start_method_is_refused_before_the_study_is_touched(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["run", "--study", "t", "-n", "2", "--workers", "2", *SMALL],
+                           env={START_ENV: "thread"})
+    assert result.exit_code == 2
+    assert "CNNSEARCH_START_METHOD='thread' is not a start method here; allowed: fork, forkserver, spawn" \
+        in result.stderr
+    assert not Path("studies/t.db").exists()
+
+
+def test_workers_from_a_forkserver_share_the_work(in_tmp: Path) -> None:
+    # The CUDA workers' way to start, run here on the CPU: a forkserver that imported torch forks each worker.
+    proc = subprocess.run([sys.executable, "-m", "cnnsearch", "run", "--study", "s", "-n", "6", "--workers", "2",
+                           *SMALL], cwd=in_tmp, env=cli_env(**{START_ENV: "forkserver"}), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    trials = optuna.load_study(study_name="s", storage="sqlite:///studies/s.db").get_trials()
+    assert [t.number for t in trials] == list(range(6)) and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
 
 
 def test_auto_is_one_worker_per_core_capped_by_trials_left() -> None:
