@@ -14,18 +14,21 @@ parent had run one 2-thread convolution never returned; tests/test_workers.py). 
 1 thread before its own torch work; and where the workers may use more than one thread, a probe child forked
 first must run one 2-thread operation within :data:`PROBE_WAIT`, since a library caller, or the CLI on data whose
 loading ran on several threads, may already hold a pool. Where the probe fails, workers of one thread each are
-forked without sharing the cores, and others are spawned. Second, the main process closes its database
-connections, so no SQLite or PostgreSQL connection is shared with a child. Third, each child puts back the real
-standard streams that the progress display had replaced.
+forked without sharing the cores, and others start from the forkserver (below). Second, the main process closes
+its database connections, so no SQLite or PostgreSQL connection is shared with a child. Third, each child puts
+back the real standard streams that the progress display had replaced.
 
 CUDA workers on Linux (and CPU workers there when the fork probe fails) are forked from a ``forkserver``: a fresh
 process that imports torch, ``torch._dynamo``, scikit-learn and cnnsearch once (:data:`PRELOAD`) and never starts
 CUDA, so each worker starts CUDA in a clean process without importing anything again. The main process may not
 be forked for CUDA: checking ``torch.cuda.is_available()`` already starts the CUDA driver there. On an H200 a
 spawned worker spent 4.5-7.5 s importing torch alone, and four importing at once left a 1-epoch MNIST search
-29.5 s of its 33.2 s outside its trials (BENCHMARKS.md, issue 7, section 7). When the run is likely to use CUDA
-(``--device cuda``, or ``auto`` where the NVIDIA driver is loaded) the server is started first, so its imports
-run alongside the main process's own. Elsewhere (macOS frameworks are not fork-safe) the workers are spawned.
+29.5 s of its 33.2 s outside its trials; from the forkserver, the same search spent 18.9 s outside its trials
+where spawned workers spent 24.4 s, measured in turn (BENCHMARKS.md, issue 7, section 7). On 2 CPU cores the
+forkserver was slower than forking the main process (11.5 s against 7.2 s outside the trials). When the run is
+likely to use CUDA (``--device cuda``, or ``auto`` where the NVIDIA driver is loaded) the server is started
+first, so its imports run alongside the main process's own. Elsewhere (macOS frameworks are not fork-safe) the
+workers are spawned.
 ``CNNSEARCH_START_METHOD`` (``fork``, ``forkserver`` or ``spawn``) overrides the choice, to compare them or to
 work around a platform.
 
