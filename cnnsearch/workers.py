@@ -26,7 +26,7 @@ spawned worker spent 4.5-7.5 s importing torch alone, and four importing at once
 29.5 s of its 33.2 s outside its trials; from the forkserver, the same search spent 18.9 s outside its trials
 where spawned workers spent 24.4 s, measured in turn (BENCHMARKS.md, issue 7, section 7). On 2 CPU cores the
 forkserver was slower than forking the main process (11.5 s against 7.2 s outside the trials). When the run is
-likely to use CUDA (``--device cuda``, or ``auto`` where the NVIDIA driver is loaded) the server is started
+likely to use CUDA (``--device cuda`` or ``auto``, where the NVIDIA driver is loaded) the server is started
 first, so its imports run alongside the main process's own. Elsewhere (macOS frameworks are not fork-safe) the
 workers are spawned.
 ``CNNSEARCH_START_METHOD`` (``fork``, ``forkserver`` or ``spawn``) overrides the choice, to compare them or to
@@ -85,13 +85,14 @@ START_METHODS: tuple[StartMethod, ...] = ("fork", "forkserver", "spawn")
 START_ENV = "CNNSEARCH_START_METHOD"
 """Environment variable that overrides :func:`start_method`: one of :data:`START_METHODS`."""
 
-PRELOAD = ["torch", "torch._dynamo", "sklearn.model_selection", "optuna", "cnnsearch.study", "cnnsearch.train",
-           "cnnsearch.packed", "cnnsearch.workers"]
+PRELOAD = ("torch", "torch._dynamo", "sklearn.model_selection", "optuna", "cnnsearch.study", "cnnsearch.train",
+           "cnnsearch.packed", "cnnsearch.workers")
 """What the forkserver imports once for all its workers: what a worker imports before its first trial
 (``torch._dynamo`` comes with torch's first optimizer). None of it starts CUDA."""
 
 NVIDIA_DRIVER = "/proc/driver/nvidia/version"
-"""Present where the NVIDIA kernel driver is loaded: ``--device auto`` will likely pick CUDA there."""
+"""Present where the NVIDIA kernel driver is loaded: ``--device auto`` or ``cuda`` will likely train on CUDA there,
+so the forkserver is started before anything else."""
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,8 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
     # One deadline for every worker, counted from the start of the run (imports and data loading included).
     deadline = None if run.timeout is None else (time.time() if started is None else started) + run.timeout
 
-    if run.workers != 1 and (run.device == "cuda" or (run.device == "auto" and os.path.exists(NVIDIA_DRIVER))) \
-            and sys.platform == "linux" and os.environ.get(START_ENV, "forkserver") == "forkserver":
+    if run.workers != 1 and run.device != "cpu" and os.path.exists(NVIDIA_DRIVER) and sys.platform == "linux" \
+            and os.environ.get(START_ENV, "forkserver") == "forkserver":
         start_forkserver()  # likely to be used: its imports run while this process imports torch and loads the data
 
     import optuna
@@ -307,7 +308,7 @@ def start_forkserver() -> None:
     import multiprocessing as mp
     from multiprocessing import forkserver
 
-    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    mp.get_context("forkserver").set_forkserver_preload(list(PRELOAD))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         forkserver.ensure_running()
