@@ -1,10 +1,13 @@
 """Start-up: ``cnnsearch --help`` and ``cnnsearch show`` on an existing study, as fresh processes.
 
 Reports the median wall time of several runs of each, and which heavy libraries each command path imports
-(goal: ``--help`` under 0.5 s, without torch).
+(goal: ``--help`` under 0.5 s, without torch). ``cnnsearch run`` on a study that has reached its target loads
+torch and the data and exits: the fixed cost of every search. With ``--baseline DIR`` (another checkout, such as
+a ``git worktree`` of an older commit) every command also runs from there, in turn with this checkout.
 
     python -m bench.bench_startup
     python -m bench.bench_startup --repeats 20
+    git worktree add /tmp/old HEAD~1 && python -m bench.bench_startup --baseline /tmp/old
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import alternate, cnnsearch_cmd, env, machine, median, print_table
@@ -40,24 +44,33 @@ def imported(args: list[str], cwd: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--baseline", type=Path, default=None, help="Another checkout to time in turn with this one.")
     args = parser.parse_args()
     print(f"Machine: {machine()}")
+    checkouts = {"": env()}
+    if args.baseline is not None:
+        checkouts["baseline: "] = {**env(), "PYTHONPATH": str(args.baseline.resolve())}
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        subprocess.run(cnnsearch_cmd("run", "--study", "s", "-n", "2", "--epochs", "1", "--folds", "2",
-                                     "--max-samples", "200"), env=env(), cwd=cwd, check=True,
-                       stdout=subprocess.DEVNULL)
+        study = ["--study", "s", "-n", "2", "--epochs", "1", "--folds", "2", "--max-samples", "200"]
+        subprocess.run(cnnsearch_cmd("run", *study), env=env(), cwd=cwd, check=True, stdout=subprocess.DEVNULL)
         commands = {"cnnsearch --help": ["--help"], "cnnsearch run --help": ["run", "--help"],
-                    "cnnsearch show --study s": ["show", "--study", "s"]}
+                    "cnnsearch show --study s": ["show", "--study", "s"],
+                    "cnnsearch run (target reached)": ["run", *study]}
 
-        def runner(argv: list[str]) -> None:
-            subprocess.run(cnnsearch_cmd(*argv), env=env(), cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        def runner(argv: list[str], environ: dict[str, str]) -> Callable[[], None]:
+            def run() -> None:
+                subprocess.run(cnnsearch_cmd(*argv), env=environ, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+            return run
 
-        times = alternate({k: (lambda a=a: runner(a)) for k, a in commands.items()}, args.repeats)
-        rows = [[k, f"{median(times[k]):.3f}", f"{min(times[k]):.3f}", ", ".join(imported(a, cwd)) or "none"]
-                for k, a in commands.items()]
+        times = alternate({label + k: runner(a, e) for k, a in commands.items() for label, e in checkouts.items()},
+                          args.repeats)
+        rows = [[label + k, f"{median(times[label + k]):.3f}", f"{min(times[label + k]):.3f}",
+                 f"{median(times['baseline: ' + k]) / median(times[k]):.2f}" if args.baseline else "",
+                 ", ".join(imported(a, cwd)) if not label else ""]
+                for k, a in commands.items() for label in checkouts]
     print_table(f"Start-up as a fresh process ({args.repeats} runs each, alternating)",
-                ["command", "median s", "min s", "heavy modules imported"], rows)
+                ["command", "median s", "min s", "baseline / this", "heavy modules imported"], rows)
 
 
 if __name__ == "__main__":

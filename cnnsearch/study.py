@@ -13,6 +13,7 @@ import sqlite3
 import statistics
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,23 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
             raise CnnSearchError(f"--storage: cannot open {url}: {first}", exit_code=RUNTIME) from None
     if path is not None:
         _serialise_sqlite_transactions(storage.engine)
+    _opened.add(storage)
     return storage
+
+
+_opened: weakref.WeakSet[optuna.storages.RDBStorage] = weakref.WeakSet()
+"""The storages :func:`open_storage` opened in this process that are still alive."""
+
+
+def close_storages() -> None:
+    """Close the database connections of every storage this process opened and still holds.
+
+    On SQLite the last connection to close writes the WAL's pages into the database file and deletes the WAL, so
+    that ``studies/<study>.db`` alone holds the whole study. The CLI calls this before it skips the interpreter's
+    last garbage collections (:func:`cnnsearch.cli.main`), which would otherwise have closed them.
+    """
+    for storage in list(_opened):
+        storage.engine.dispose()
 
 
 def _serialise_sqlite_transactions(engine: Any) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ from typer.testing import CliRunner
 
 from cnnsearch.cli import app
 from cnnsearch.pruning import PRIOR_SPREAD, behind_best, fold_spread
-from tests.conftest import TINY
+from tests.conftest import TINY, cli_env
 
 
 def load(name: str = "t") -> optuna.Study:
@@ -281,3 +284,19 @@ def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path:
         assert sorted(t.intermediate_values) == [0, 1]  # epochs 3 and 4 of the fold never trained
         assert "fold_scores" not in t.user_attrs  # no fold finished
     assert "at chance @ fold 0 epoch 1" in runner.invoke(app, ["show", "--study", "h"], env={"COLUMNS": "250"}).stdout
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_study_file_alone_holds_the_study_once_the_cli_has_exited(in_tmp: Path, workers: str) -> None:
+    # The CLI skips the interpreter's last garbage collections at exit; it must close the database itself first,
+    # so that SQLite folds its WAL back into the file: a copy of studies/t.db alone then has every trial.
+    for args in (["run", "--study", "t", "-n", "3", "--workers", workers, *TINY], ["show", "--study", "t"]):
+        done = subprocess.run([sys.executable, "-m", "cnnsearch", *args], cwd=in_tmp, env=cli_env(),
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in Path("studies").iterdir()) == ["t.db", "t.db.lock"]
+    copy = in_tmp / "copy"
+    copy.mkdir()
+    shutil.copy("studies/t.db", copy / "t.db")
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{copy}/t.db").get_trials()
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
