@@ -67,7 +67,7 @@ def main() -> None:
                           args.repeats)
         rows = [[label + k, f"{median(times[label + k]):.3f}", f"{min(times[label + k]):.3f}",
                  f"{median(times['baseline: ' + k]) / median(times[k]):.2f}" if args.baseline else "",
-                 ", ".join(imported(a, cwd)) if not label else ""]
+                 (", ".join(imported(a, cwd)) or "none") if not label else ""]
                 for k, a in commands.items() for label in checkouts]
     print_table(f"Start-up as a fresh process ({args.repeats} runs each, alternating)",
                 ["command", "median s", "min s", "baseline / this", "heavy modules imported"], rows)
