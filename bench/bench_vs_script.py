@@ -107,7 +107,8 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
     best = study.best_value if any(t.value is not None for t in study.trials) else None
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(study.trials)))
-    return {"best": best, "trained": trained, "done": completions(study.trials), **saved(study.trials, folds * epochs)}
+    return {"best": best, "trained": trained, "done": completions(study.trials), "span": span(study.trials),
+            **saved(study.trials, folds * epochs)}
 
 
 def stopped_by(t: Any) -> str | None:
@@ -145,6 +146,14 @@ def completions(trials: list[Any]) -> list[tuple[float, float]]:
                   if t.state.name == "COMPLETE" and t.datetime_complete is not None and t.value is not None)
 
 
+def span(trials: list[Any]) -> float:
+    """Seconds from the first trial's start to the last one's end: the rest of a side's wall time went to start-up
+    (imports, data, CUDA, worker processes) and to the exit."""
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
 def time_to(done: list[tuple[float, float]], target: float) -> float | None:
     """When the first trial at or above ``target`` finished, or None if none did."""
     return next((at for at, value in done if value >= target - 1e-12), None)
@@ -176,7 +185,8 @@ def cnnsearch_result(db: Path, study: str, per_trial: int, dump: str | None = No
     trained = sum(len(t.intermediate_values) for t in s.trials) - left["diverged"]
     if dump:
         Path(dump).write_text(json.dumps(trial_rows(s.trials)))
-    return {"best": max(completed) if completed else None, "trained": trained, "done": completions(s.trials), **left}
+    return {"best": max(completed) if completed else None, "trained": trained, "done": completions(s.trials),
+            "span": span(s.trials), **left}
 
 
 def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: Path, r: int) -> float:
@@ -293,6 +303,11 @@ def main() -> None:
         reach.append(f"{theirs:.0f} s against {mine:.0f} s" if mine is not None else f"{theirs:.0f} s against never")
     print("Time to the reference's best (from each side's first trial start), reference against cnnsearch, per "
           "round: " + "; ".join(reach) + ".")
+
+    outside = [f"{t_ref - ref['span']:.1f} s against {t_own - own['span']:.1f} s" for t_ref, ref, t_own, own
+               in zip(times["reference"], results["reference"], times["cnnsearch"], results["cnnsearch"], strict=True)]
+    print("Outside the trials (wall time less first trial start to last trial end: start-up and exit), reference "
+          "against cnnsearch, per round: " + "; ".join(outside) + ".")
 
     def mid(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
