@@ -3,7 +3,7 @@
 each way of starting the workers (``$CNNSEARCH_START_METHOD``), in turn, ``--repeats`` times; medians.
 
 On a GPU a trial of the MNIST budget takes about a second, so what a search spends outside its trials (each
-spawned worker imports torch and starts CUDA) can outweigh the trials themselves.
+worker starts CUDA; a spawned one also imports torch again) can outweigh the trials themselves.
 
     python -m bench.bench_run_overhead                          # CPU, 1 and 4 workers, cnnsearch's start
     python -m bench.bench_run_overhead --device cuda --workers 4 1 --starts spawn forkserver --repeats 3
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import cnnsearch_cmd, machine, median, mnist_npz, print_table, timed
+from bench.common import cnnsearch_cmd, machine, median, mnist_npz, print_table, span, timed
 from cnnsearch.workers import START_ENV, START_METHODS
 
 
@@ -25,11 +25,9 @@ def trial_times(storage: str) -> tuple[float, float]:
     summed, read from the study."""
     import optuna
 
-    pairs = [(t.datetime_start, t.datetime_complete)
-             for t in optuna.load_study(study_name="overhead", storage=storage).get_trials(deepcopy=False)
-             if t.datetime_start is not None and t.datetime_complete is not None]
-    span = max(end for _, end in pairs) - min(start for start, _ in pairs)
-    return span.total_seconds(), sum((end - start).total_seconds() for start, end in pairs)
+    trials = optuna.load_study(study_name="overhead", storage=storage).get_trials(deepcopy=False)
+    return span(trials), sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                             if t.datetime_start is not None and t.datetime_complete is not None)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, cnnsearch_cmd, env, median, mnist_npz, print_table, timed
+from bench.common import ROOT, cnnsearch_cmd, env, median, mnist_npz, print_table, span, timed
 
 
 def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: int,
@@ -144,14 +144,6 @@ def completions(trials: list[Any]) -> list[tuple[float, float]]:
     t0 = min(starts)
     return sorted(((t.datetime_complete - t0).total_seconds(), float(t.value)) for t in trials
                   if t.state.name == "COMPLETE" and t.datetime_complete is not None and t.value is not None)
-
-
-def span(trials: list[Any]) -> float:
-    """Seconds from the first trial's start to the last one's end: the rest of a side's wall time went to start-up
-    (imports, data, CUDA, worker processes) and to the exit."""
-    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
-    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
 def time_to(done: list[tuple[float, float]], target: float) -> float | None:

@@ -51,6 +51,14 @@ def timed(cmd: list[str], cwd: Path, **extra: str) -> float:
     return seconds
 
 
+def span(trials: Sequence[Any]) -> float:
+    """Seconds from the first trial's start to the last one's end (Optuna trials): the rest of a search's wall time
+    went to start-up (imports, data, CUDA, worker processes) and to the exit."""
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
 def alternate(sides: dict[str, Callable[[], Any]], repeats: int, *, warmup: bool = True) -> dict[str, list[float]]:
     """Wall times of each side, run in turn (A B A B ...) ``repeats`` times, after one untimed warm-up round.
 

@@ -231,7 +231,6 @@ def run_workers(config: Config, emit: Emit = _ignore, *, widen: bool = False, fi
             share = False
         else:
             method = "forkserver"
-            start_forkserver()
     if method == "fork":
         storage.engine.dispose()  # no connection may be shared with a forked child; this process reconnects later
     try:
@@ -327,7 +326,7 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     from cnnsearch.study import divergence_notes, finished_count, timeout_note, trial_rows
 
     if method == "forkserver":
-        start_forkserver()  # where it was not started early
+        start_forkserver()  # unless it was started early
     ctx = mp.get_context("fork") if method == "fork" else \
         mp.get_context("forkserver") if method == "forkserver" else mp.get_context("spawn")
     procs: list[mp.process.BaseProcess] = []
