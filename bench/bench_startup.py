@@ -66,7 +66,7 @@ def main() -> None:
         times = alternate({label + k: runner(a, e) for k, a in commands.items() for label, e in checkouts.items()},
                           args.repeats)
         rows = [[label + k, f"{median(times[label + k]):.3f}", f"{min(times[label + k]):.3f}",
-                 f"{median(times['baseline: ' + k]) / median(times[k]):.2f}" if args.baseline else "",
+                 f"{median(times['baseline: ' + k]) / median(times[k]):.2f}" if args.baseline and not label else "",
                  (", ".join(imported(a, cwd)) or "none") if not label else ""]
                 for k, a in commands.items() for label in checkouts]
     print_table(f"Start-up as a fresh process ({args.repeats} runs each, alternating)",
