@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cnnsearch.config import DIMS, SearchSpace
+from cnnsearch.model import conv_macs
 
 if TYPE_CHECKING:
     import optuna
@@ -96,11 +97,30 @@ STARTING_POINT: dict[str, Any] = {
 }
 """A configuration known to work on small images (99.5% on digits); queued as the first trial."""
 
+SECOND_POINT: dict[str, Any] = {
+    **STARTING_POINT,
+    "lr": 2e-3,
+    "dropout": 0.3,
+    "layers": 5,
+    "width": 64,
+    "growth": 1.0,
+    "pooling": "avg",
+}
+"""The other shape, wide and constant in width, queued second where its convolutions are cheap
+(:data:`SECOND_POINT_MAX_MACS`). On digits the reference searches of BENCHMARKS.md found their bests at width 64
+and ``growth`` 1.0, where TPE building on :data:`STARTING_POINT` alone seldom went."""
 
-def starting_point(space: SearchSpace) -> dict[str, Any]:
-    """:data:`STARTING_POINT` moved into ``space``: clipped into ranges, else the first choice."""
+SECOND_POINT_MAX_MACS = 16e6
+"""Conv multiply-adds per image up to which :data:`SECOND_POINT` is queued: 5.9 M on 8x8 digits and 14.9 M on
+16x16 grey images are under it, 45.6 M on 28x28 MNIST is not. On MNIST the point cost 2.5 times the first's
+multiply-adds and, being good, drew TPE to width 64, halving the speed of the search (BENCHMARKS.md, section 2).
+A bound fitted to those two datasets."""
+
+
+def _moved(values: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """``values`` moved into ``space``: clipped into ranges, else the first choice."""
     point: dict[str, Any] = {}
-    for name, value in STARTING_POINT.items():
+    for name, value in values.items():
         dim = space[name]
         if dim.is_range:
             assert dim.low is not None and dim.high is not None
@@ -111,3 +131,22 @@ def starting_point(space: SearchSpace) -> dict[str, Any]:
         else:
             point[name] = dim.choices[0]
     return point
+
+
+def starting_point(space: SearchSpace) -> dict[str, Any]:
+    """:data:`STARTING_POINT` moved into ``space``: clipped into ranges, else the first choice."""
+    return _moved(STARTING_POINT, space)
+
+
+def starting_points(space: SearchSpace, image: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The trials a new study queues first: :func:`starting_point`, then :data:`SECOND_POINT` moved into
+    ``space`` when ``image`` (``(channels, side)``) is known, the point costs at most
+    :data:`SECOND_POINT_MAX_MACS` per image there, and it differs from the first."""
+    points = [starting_point(space)]
+    if image is None:
+        return points
+    second = _moved(SECOND_POINT, space)
+    macs = conv_macs(int(second["layers"]), int(second["width"]), float(second["growth"]), *image)
+    if macs <= SECOND_POINT_MAX_MACS and second != points[0]:
+        points.append(second)
+    return points

@@ -647,11 +647,13 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
         study.set_user_attr(RUN_ATTR, run_attrs)
-        from cnnsearch.space import starting_point
+        from cnnsearch.space import starting_points
 
-        # Only the run that created the study queues the starting point, so it runs once.
+        # Only the run that created the study queues the starting points, so they run once.
         if created or not study.get_trials(deepcopy=False):
-            study.enqueue_trial(starting_point(config.space), skip_if_exists=True)
+            image = None if data is None else (data.shape[0], min(data.shape[1:]))
+            for point in starting_points(config.space, image)[:run.n_trials]:
+                study.enqueue_trial(point, skip_if_exists=True)
         return study
     diffs = settings_differences(stored, wanted)
     if diffs:

@@ -33,6 +33,7 @@ def test_run_creates_study_and_prints_table(runner: CliRunner, in_tmp: Path) -> 
     assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     first = trials[0]
     assert first.params["lr"] == 3e-3  # the enqueued starting point runs first
+    assert (trials[1].params["width"], trials[1].params["growth"]) == (64, 1.0)  # then, on 8x8 digits, the second
     assert len(first.user_attrs["fold_scores"]) == 2
     assert 0 <= first.value <= 1
     assert "cv_std" in first.user_attrs and "l2_ratio" in first.user_attrs
