@@ -54,7 +54,6 @@ def test_a_new_study_queues_them_once(side: int, n_trials: int, waiting: int) ->
     data = images(side)
     study = create_or_resume(config, data=data)
     queued = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-    assert [shape(t.system_attrs["fixed_params"]) for t in queued] == [
-        shape(p) for p in starting_points(config.space, (1, side))[:waiting]]
+    assert [shape(t.system_attrs["fixed_params"]) for t in queued] == [(4, 32, 2.0), (5, 64, 1.0)][:waiting]
     again = create_or_resume(config, data=data)  # a resume queues nothing more
     assert len(again.get_trials(deepcopy=False)) == waiting
