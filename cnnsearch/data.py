@@ -51,6 +51,12 @@ class Dataset:
         return int(c), int(h), int(w)
 
     @property
+    def image(self) -> tuple[int, int]:
+        """(channels, shorter side): what the cost of a model's convolutions depends on."""
+        c, h, w = self.shape
+        return c, min(h, w)
+
+    @property
     def n_classes(self) -> int:
         return len(self.classes)
 

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cnnsearch.config import DIMS, SearchSpace
-from cnnsearch.model import conv_macs
 
 if TYPE_CHECKING:
     import optuna
@@ -142,11 +141,12 @@ def starting_points(space: SearchSpace, image: tuple[int, int] | None) -> list[d
     """The trials a new study queues first: :func:`starting_point`, then :data:`SECOND_POINT` moved into
     ``space`` when ``image`` (``(channels, side)``) is known, the point costs at most
     :data:`SECOND_POINT_MAX_MACS` per image there, and it differs from the first."""
+    from cnnsearch.sampler import conv_macs
+
     points = [starting_point(space)]
     if image is None:
         return points
     second = _moved(SECOND_POINT, space)
-    macs = conv_macs(int(second["layers"]), int(second["width"]), float(second["growth"]), *image)
-    if macs <= SECOND_POINT_MAX_MACS and second != points[0]:
+    if conv_macs(second, *image) <= SECOND_POINT_MAX_MACS and second != points[0]:
         points.append(second)
     return points

@@ -651,7 +651,7 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
 
         # Only the run that created the study queues the starting points, so they run once.
         if created or not study.get_trials(deepcopy=False):
-            image = None if data is None else (data.shape[0], min(data.shape[1:]))
+            image = None if data is None else data.image
             for point in starting_points(config.space, image)[:run.n_trials]:
                 study.enqueue_trial(point, skip_if_exists=True)
         return study
@@ -746,7 +746,7 @@ def run_search(config: Config, emit: Emit = _ignore, *, widen: bool = False, wor
     storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     study = create_or_resume(config, widen=widen, data=data, storage=storage)
     study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)),
-                             image=(int(data.x.shape[1]), int(min(data.x.shape[2:]))))
+                             image=data.image)
     study.pruner = make_pruner(config)
     done, _ = finished_count(study)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
