@@ -1,7 +1,7 @@
 """Benchmark: loading an image folder the first time (decode every PNG) and the second time (the cache).
 
 Writes the MNIST t10k images as PNGs in class subfolders to a temporary folder, then loads it twice with
-``cnnsearch.data.load_dataset``, each time in a fresh Python process as a second ``cnnsearch run`` would.
+``cnnsearch.data.dataset.load_dataset``, each time in a fresh Python process as a second ``cnnsearch run`` would.
 The figures are the load call alone, the imports every run pays anyway (torch, scikit-learn), and the
 whole process.
 
@@ -53,7 +53,7 @@ def main() -> None:
 
     import numpy as np
 
-    from cnnsearch.data import subsample
+    from cnnsearch.data.dataset import subsample
     from tests.images import mnist_dir, read_idx, write_folder
 
     source = mnist_dir()

@@ -30,8 +30,8 @@ def loop(params: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, *, epochs: int = 1
     import torch
     import torch.nn.functional as F
 
-    from cnnsearch.model import build_model
-    from cnnsearch.train import make_optimizer, normalisation
+    from cnnsearch.training.fold import make_optimizer, normalisation
+    from cnnsearch.training.model import build_model
 
     before = torch.get_num_threads()
     if threads:
@@ -132,9 +132,9 @@ def eval_rows(data: dict[str, tuple[torch.Tensor, ...]], repeats: int) -> None:
     inference_mode vs no_grad, with the model in the layout cnnsearch uses."""
     import torch
 
-    from cnnsearch import train
-    from cnnsearch.devices import memory_format
-    from cnnsearch.model import build_model
+    from cnnsearch.training import fold as train
+    from cnnsearch.training.device import memory_format
+    from cnnsearch.training.model import build_model
 
     params = reference_params()
     cpu = torch.device("cpu")

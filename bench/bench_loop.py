@@ -38,7 +38,7 @@ from bench.common import (
 if TYPE_CHECKING:
     import torch
 
-    from cnnsearch.space import TrialParams
+    from cnnsearch.training.params import TrialParams
 
 
 def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor,
@@ -52,9 +52,9 @@ def bare_loop(params: TrialParams, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va:
     import torch
     import torch.nn.functional as F
 
-    from cnnsearch.devices import autocast, continue_cpu_stream, memory_format, use_host_dropout
-    from cnnsearch.model import build_model, l2_term, l2_weights
-    from cnnsearch.train import eval_batch_size, make_optimizer, normalisation
+    from cnnsearch.training.device import autocast, continue_cpu_stream, memory_format, use_host_dropout
+    from cnnsearch.training.fold import eval_batch_size, make_optimizer, normalisation
+    from cnnsearch.training.model import build_model, l2_term, l2_weights
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -110,8 +110,8 @@ def main() -> None:
 
     import torch
 
-    from cnnsearch.devices import resolve_device
-    from cnnsearch.train import train_fold
+    from cnnsearch.training.device import resolve_device
+    from cnnsearch.training.fold import train_fold
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,7 +146,7 @@ def main() -> None:
             for label, attrs in (("cnnsearch, per-batch norm", {"PRENORM_MAX_BYTES": 0}),
                                  ("cnnsearch, unfused", {"FUSED_OPTIMIZER": False}),
                                  ("cnnsearch, neither", {"PRENORM_MAX_BYTES": 0, "FUSED_OPTIMIZER": False})):
-                sides[label] = patch.multiple("cnnsearch.train", **attrs)(cnnsearch_side)  # restored after
+                sides[label] = patch.multiple("cnnsearch.training.fold", **attrs)(cnnsearch_side)  # restored after
             for label, kwargs in (("bare + host masks", {"host_dropout": True}), ("bare + fused", {"fused": True})):
                 sides[label] = functools.partial(bare_loop, params, x_tr, y_tr, x_va, y_va, args.epochs, seed=0,
                                                  precision=args.precision, **kwargs)

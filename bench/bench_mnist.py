@@ -56,7 +56,7 @@ def write_source(kind: str, folder: Path, limit: int | None, seed: int) -> str:
     """The MNIST t10k images as an NPZ file or a PNG folder under ``folder``; returns the ``--dataset`` value."""
     import numpy as np
 
-    from cnnsearch.data import subsample
+    from cnnsearch.data.dataset import subsample
     from tests.images import mnist_dir, read_idx, write_folder
 
     source = mnist_dir()
@@ -83,11 +83,14 @@ def main() -> None:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat options
 
-    from cnnsearch.config import Config, RunSettings, build_space
-    from cnnsearch.data import dataset_for
-    from cnnsearch.space import params_from_dict
-    from cnnsearch.study import Event, TrialFinished, run_search, sort_rows, trial_rows
-    from cnnsearch.train import train_fold
+    from cnnsearch.config.settings import Config, RunSettings
+    from cnnsearch.config.space import build_space
+    from cnnsearch.data.dataset import dataset_for
+    from cnnsearch.search.events import Event, TrialFinished
+    from cnnsearch.search.loop import run_search
+    from cnnsearch.store.rows import sort_rows, trial_rows
+    from cnnsearch.training.fold import train_fold
+    from cnnsearch.training.params import params_from_dict
 
     budget = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="cnnsearch-bench-") as tmp:

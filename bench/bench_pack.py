@@ -17,14 +17,14 @@ from bench.common import alternate, machine, median, print_table, reference_para
 if TYPE_CHECKING:
     import torch
 
-    from cnnsearch.space import TrialParams
+    from cnnsearch.training.params import TrialParams
 
 
 def load(name: str, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     from bench.common import mnist
-    from cnnsearch.data import load_dataset
+    from cnnsearch.data.dataset import load_dataset
 
     if name == "digits":
         data = load_dataset("digits", seed=0, test_fraction=0.2)
@@ -36,8 +36,8 @@ def load(name: str, samples: int, device: torch.device) -> tuple[torch.Tensor, t
 def measure(params: TrialParams, x: torch.Tensor, y: torch.Tensor, folds: list[tuple[torch.Tensor, torch.Tensor]],
             epochs: int, repeats: int) -> tuple[float, float]:
     """Median seconds of (sequential, packed) training of all folds, alternating."""
-    from cnnsearch.packed import train_folds_packed
-    from cnnsearch.train import train_fold
+    from cnnsearch.training.fold import train_fold
+    from cnnsearch.training.packed import train_folds_packed
 
     seeds = list(range(len(folds)))
 
@@ -64,8 +64,8 @@ def main() -> None:
 
     import torch
 
-    from cnnsearch.data import fold_indices
-    from cnnsearch.devices import resolve_device
+    from cnnsearch.data.dataset import fold_indices
+    from cnnsearch.training.device import resolve_device
 
     device = resolve_device(args.device)
     print(f"Machine: {machine()}; training on {device}")

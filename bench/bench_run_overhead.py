@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import cnnsearch_cmd, machine, median, mnist_npz, print_table, span, timed
-from cnnsearch.workers import START_ENV, START_METHODS
+from cnnsearch.search.workers import START_ENV, START_METHODS
 
 
 def trial_times(storage: str) -> tuple[float, float]:

@@ -28,8 +28,9 @@ FIXED_SPACE = {"lr": "3e-3", "decay": "0.9", "l2": "1e-5", "dropout": "0.1", "ba
 
 
 def search(tmp: Path, samples: int, epochs: int, folds: int, trials: int) -> None:
-    from cnnsearch.config import Config, RunSettings, build_space
-    from cnnsearch.study import run_search
+    from cnnsearch.config.settings import Config, RunSettings
+    from cnnsearch.config.space import build_space
+    from cnnsearch.search.loop import run_search
 
     name = f"s{samples}e{epochs}f{folds}_{time.monotonic_ns()}"
     settings = RunSettings(study=name, storage=f"sqlite:///{tmp / name}.db", n_trials=trials, folds=folds,

@@ -4,8 +4,8 @@ The reference is written the way Optuna's PyTorch examples are (optuna-examples 
 a ``DataLoader`` over a ``TensorDataset`` (data normalised once with the global mean and std), shuffled
 training batches, validation through a ``DataLoader`` at the trial's batch size, ``trial.report`` after each
 epoch and ``should_prune``, a ``TPESampler`` and a ``MedianPruner``, an in-memory study. To compare like with
-like it draws from the same search space (``cnnsearch.space.suggest`` over the default space), builds the same
-model (``cnnsearch.model.build_model``) with the same loss (cross-entropy + beta * sum(w^2)), on the same
+like it draws from the same search space (``cnnsearch.search.suggest.suggest`` over the default space), builds the same
+model (``cnnsearch.training.model.build_model``) with the same loss (cross-entropy + beta * sum(w^2)), on the same
 search split, folds, epochs and trial budget, and reports at the same global step ``fold * epochs + epoch``.
 
 Both sides run as fresh subprocesses (imports included, as a user would run them), alternately; the table
@@ -43,10 +43,10 @@ def reference_search(dataset: str, trials: int, folds: int, epochs: int, seed: i
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
-    from cnnsearch.config import build_space
-    from cnnsearch.data import fold_indices, load_dataset
-    from cnnsearch.model import build_model
-    from cnnsearch.space import suggest
+    from cnnsearch.config.space import build_space
+    from cnnsearch.data.dataset import fold_indices, load_dataset
+    from cnnsearch.search.suggest import suggest
+    from cnnsearch.training.model import build_model
 
     # As in Optuna's PyTorch example: the GPU when there is one, batches moved to it as they come.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -190,7 +190,7 @@ def run_cnnsearch(spec: str, args: argparse.Namespace, budget: list[str], tmp: P
 
 def cnnsearch_accepts(dataset: str) -> str | None:
     """None when this cnnsearch loads ``dataset``, else the reason it does not."""
-    from cnnsearch.data import load_dataset
+    from cnnsearch.data.dataset import load_dataset
     from cnnsearch.errors import CnnSearchError
 
     try:

@@ -66,7 +66,7 @@ def load(cwd: Path, name: str) -> list:  # type: ignore[type-arg]
 
 
 def cpu_count() -> int:
-    from cnnsearch.study import cpu_cores
+    from cnnsearch.runtime.cores import cpu_cores
 
     return cpu_cores()
 
@@ -80,8 +80,8 @@ def default_space_draws(n: int, seed: int) -> list[dict[str, object]]:
     """``n`` complete parameter sets drawn at random from cnnsearch's default search space."""
     import optuna
 
-    from cnnsearch.config import build_space
-    from cnnsearch.space import suggest
+    from cnnsearch.config.space import build_space
+    from cnnsearch.search.suggest import suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = build_space()
@@ -168,8 +168,9 @@ def lock_errors(a: argparse.Namespace) -> None:
 
 def heartbeat(a: argparse.Namespace) -> None:
     """The same search (1 worker, same seed, so the same params) with and without heartbeats, alternating."""
-    from cnnsearch.config import Config, RunSettings, build_space
-    from cnnsearch.study import run_search
+    from cnnsearch.config.settings import Config, RunSettings
+    from cnnsearch.config.space import build_space
+    from cnnsearch.search.loop import run_search
 
     space = build_space({"layers": "4", "width": "32", "growth": "2", "batch_size": "64", "batchnorm": "true",
                          "head": "gap", "optimizer": "adam", "pooling": "max"})

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from cnnsearch.space import TrialParams
+    from cnnsearch.training.params import TrialParams
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist-t10k"
@@ -142,7 +142,7 @@ def train_val(name: str, samples: int | None) -> tuple[torch.Tensor, torch.Tenso
     """Fold 0 of a stratified 5-fold split of digits (8x8) or MNIST (28x28): (x_tr, y_tr, x_va, y_va), uint8 NCHW."""
     import torch
 
-    from cnnsearch.data import fold_indices, load_dataset
+    from cnnsearch.data.dataset import fold_indices, load_dataset
 
     if name == "digits":
         data = load_dataset("digits", seed=0, test_fraction=0.0, max_samples=samples)
@@ -156,7 +156,8 @@ def train_val(name: str, samples: int | None) -> tuple[torch.Tensor, torch.Tenso
 
 def reference_params(**overrides: Any) -> TrialParams:
     """The fixed configuration the loop benchmarks train: cnnsearch's enqueued starting point."""
-    from cnnsearch.space import STARTING_POINT, params_from_dict
+    from cnnsearch.search.suggest import STARTING_POINT
+    from cnnsearch.training.params import params_from_dict
 
     return params_from_dict({**STARTING_POINT, **overrides})
 
@@ -166,7 +167,7 @@ def forward_flops(params: TrialParams, shape: tuple[int, int, int], n_classes: i
     import torch
     from torch import nn
 
-    from cnnsearch.model import build_model
+    from cnnsearch.training.model import build_model
 
     c, h, w = shape
     model = build_model(params, c, min(h, w), n_classes).eval()

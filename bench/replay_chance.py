@@ -1,7 +1,7 @@
 """Replay the chance floor within a fold over the curves that ``bench_vs_script --dump`` wrote.
 
 cnnsearch stops a trial at the end of a fold (all but the last) whose validation accuracy is no better than chance
-(``cnnsearch.pruning.chance_floor``: the commonest class's share plus three standard errors). A trial at chance
+(``cnnsearch.search.pruning.chance_floor``: the commonest class's share plus three standard errors). A trial at chance
 trains that whole fold first. This replays a rule that also checks from epoch ``k`` of each such fold on, for
 several ``k``, and counts for each:
 - ``stopped``: trials the rule stops (at chance at an epoch ``>= k``);
@@ -35,8 +35,8 @@ def floors(spec: str, seed: int, folds: int, max_samples: int | None) -> list[fl
     """cnnsearch's chance floor of each validation fold of the search split for ``seed``."""
     import torch
 
-    from cnnsearch.data import fold_indices, load_dataset
-    from cnnsearch.pruning import chance_floor
+    from cnnsearch.data.dataset import fold_indices, load_dataset
+    from cnnsearch.search.pruning import chance_floor
 
     data = load_dataset(spec, seed=seed, test_fraction=0.2, max_samples=max_samples)
     return [chance_floor(torch.as_tensor(data.y.numpy()[va])) for _, va in fold_indices(data.y.numpy(), folds, seed)]

@@ -1,7 +1,7 @@
 """Replay a behind-the-best check at every epoch over the trials ``bench_vs_script --dump`` wrote.
 
 On main, a trial clearly behind the best finished trial is stopped only at the end of a fold
-(``cnnsearch.pruning.behind_best``); within a fold only the median pruner and the chance floor act. A trial
+(``cnnsearch.search.pruning.behind_best``); within a fold only the median pruner and the chance floor act. A trial
 between the median and the best therefore trains the whole fold before it can be stopped. This replays a rule
 that makes the same comparison at every epoch: at global step ``s`` (fold ``s // epochs``, epoch ``s % epochs``),
 before the last epoch of each fold, the trial's validation accuracy against the best finished trial's accuracy at
@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cnnsearch.pruning import behind_margin, median_spread
+from cnnsearch.search.pruning import behind_margin, median_spread
 
 Trial = dict[str, Any]
 

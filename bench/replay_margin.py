@@ -1,13 +1,14 @@
 """Replay the behind-the-best check over the trials ``bench_vs_script --dump`` wrote, with other fold-spread rules.
 
-The check (``cnnsearch.pruning.behind_best``) stops a trial at a fold's end when its mean over the folds seen so far
+The check (``cnnsearch.search.pruning.behind_best``) stops a trial at a fold's end when its mean over the folds
+seen so far
 is more than ``2 * sqrt(2 p (1 - p) / n + 2 spread^2 / m)`` below the best finished trial's mean over the same folds.
 ``spread`` is the training noise between folds. cnnsearch takes it as the median, over the finished trials, of the
 standard deviation of their fold scores; while one trial has finished, that one trial's spread alone sets the margin.
 Fold ends before any trial has finished (judged on main against the best running trial, with a prior spread) are
 not replayed: dumps written after that rule may hold stops there that the replay counts as differing.
 
-The margin and the median spread are ``cnnsearch.pruning``'s own (``behind_margin``, ``median_spread``). This
+The margin and the median spread are ``cnnsearch.search.pruning``'s own (``behind_margin``, ``median_spread``). This
 replays every fold end of every dumped cnnsearch round under:
 - ``finished``: the rule on main (the replay must reproduce the dump's own stops, and prints how many it does);
 - ``seen``: the median over every trial's fold scores seen by then, two folds or more, stopped trials included
@@ -33,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnsearch.config import RunSettings
-from cnnsearch.pruning import behind_margin, median_spread
+from cnnsearch.config.settings import RunSettings
+from cnnsearch.search.pruning import behind_margin, median_spread
 
 Trial = dict[str, Any]
 # A rule: (finished trials, fold scores seen so far of every trial, the judged trial's own folds) -> spread

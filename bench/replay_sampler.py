@@ -2,7 +2,8 @@
 
 For each trial of a dump that TPE proposed (after the random start-up), the study is rebuilt in memory as it was
 when that trial started: the trials that had ended by then with their values, curves and durations, and the trials
-still running elsewhere (which ``constant_liar`` counts as bad). Then :class:`cnnsearch.sampler.CostAwareTPESampler`
+still running elsewhere (which ``constant_liar`` counts as bad). Then
+:class:`cnnsearch.search.sampler.CostAwareTPESampler`
 draws TPE's candidates, with the same seed for every weight, so each weight chooses among the same candidates as
 plain TPE (weight 0). For each weight it reports:
 
@@ -35,14 +36,14 @@ from optuna.samplers import TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.common import print_table
-from cnnsearch.config import SearchSpace, build_space
-from cnnsearch.sampler import COST_DIMS, CostAwareTPESampler
-from cnnsearch.space import suggest
-from cnnsearch.study import startup_trials
+from cnnsearch.config.space import SearchSpace, build_space
+from cnnsearch.search.sampler import COST_DIMS, CostAwareTPESampler, startup_trials
+from cnnsearch.search.suggest import suggest
 
 
 def distributions(trials: list[dict[str, Any]], space: SearchSpace) -> dict[int, dict[str, BaseDistribution]]:
-    """The distributions :func:`cnnsearch.space.suggest` asks for, per dumped trial: its parameters are queued on a
+    """The distributions :func:`cnnsearch.search.suggest.suggest` asks for, per dumped trial: its parameters are
+    queued on a
     scratch study and asked for again through ``suggest`` itself."""
     scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     out = {}

@@ -1,4 +1,4 @@
-from cnnsearch.cli import main
+from cnnsearch.cli.app import main
 
 if __name__ == "__main__":
     main()

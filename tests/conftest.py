@@ -42,8 +42,8 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(autouse=True)
 def data_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh --data-dir per test (never ~/.cache), and an empty per-process dataset cache."""
-    from cnnsearch.data import load_dataset
-    from cnnsearch.sources import DATA_DIR_ENV
+    from cnnsearch.data.dataset import load_dataset
+    from cnnsearch.data.sources import DATA_DIR_ENV
 
     folder = tmp_path / "data-dir"
     monkeypatch.setenv(DATA_DIR_ENV, str(folder))
@@ -91,7 +91,7 @@ def mixed_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     enqueuing two trials. Tests copy it (:func:`copy_db`) rather than write to it."""
     import optuna
 
-    from cnnsearch.cli import app
+    from cnnsearch.cli.app import app
 
     mp = pytest.MonkeyPatch()
     mp.setenv("CNNSEARCH_WORKERS", "1")  # in this process: no worker start-up cost, and reproducible

@@ -7,13 +7,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnsearch.augment import batch_augment, random_flip, random_shift, shift_padding
-from cnnsearch.cli import app
-from cnnsearch.config import build_space
-from cnnsearch.data import load_dataset
+from cnnsearch.cli.app import app
+from cnnsearch.config.space import build_space
+from cnnsearch.data.dataset import load_dataset
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.space import TrialParams, params_from_dict, starting_point
-from cnnsearch.train import train_fold
+from cnnsearch.search.suggest import starting_point
+from cnnsearch.training.augment import batch_augment, random_flip, random_shift, shift_padding
+from cnnsearch.training.fold import train_fold
+from cnnsearch.training.params import TrialParams, params_from_dict
 from tests.conftest import TINY
 
 

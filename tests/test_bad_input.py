@@ -20,7 +20,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
+from cnnsearch.cli.app import app
 from tests.conftest import TINY
 
 REF = ["run", "--study", "ref", "-n", "3", *TINY]

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.config import DIMS
+from cnnsearch.cli.app import app
+from cnnsearch.config.space import DIMS
 from tests.conftest import TINY
 
 

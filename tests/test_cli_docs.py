@@ -9,8 +9,8 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from cnnsearch import clidoc
-from cnnsearch.cli import app
+from cnnsearch.cli import reference as clidoc
+from cnnsearch.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def commands() -> dict[str, Any]:
 def test_docs_cli_md_is_up_to_date() -> None:
     expected = clidoc.render()
     actual = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert actual == expected, "docs/cli.md is out of date: run  python -m cnnsearch.clidoc > docs/cli.md"
+    assert actual == expected, "docs/cli.md is out of date: run  python -m cnnsearch.cli.reference > docs/cli.md"
 
 
 @pytest.mark.parametrize("name", sorted(commands()))

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.pruning import PRIOR_SPREAD, behind_best, fold_spread
+from cnnsearch.cli.app import app
+from cnnsearch.search.pruning import PRIOR_SPREAD, behind_best, fold_spread
 from tests.conftest import TINY, cli_env
 
 

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnnsearch.config import Dim, RunSettings, build_space, parse_dim, settings_differences
+from cnnsearch.config.settings import RunSettings, settings_differences
+from cnnsearch.config.space import Dim, build_space, parse_dim
 from cnnsearch.errors import CnnSearchError
 
 

@@ -14,10 +14,12 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from cnnsearch import recovery, study
-from cnnsearch.cli import app
-from cnnsearch.recovery import process_identity, recover_dead_trials
-from cnnsearch.study import open_storage
+from cnnsearch.cli.app import app
+from cnnsearch.search import loop
+from cnnsearch.store import recovery
+from cnnsearch.store import storage as storages
+from cnnsearch.store.recovery import process_identity, recover_dead_trials
+from cnnsearch.store.storage import open_storage
 from tests.conftest import start_cli, wait_for_line
 
 ARGS = ["--epochs", "2", "--folds", "2", "--max-samples", "200", "--threads", "1", "--workers", "1", "-n", "1"]
@@ -64,7 +66,7 @@ def test_kill_9_then_run_retries_the_trial_at_once_reusing_its_folds(
     assert retry.value == ref.value
     # Retried in this run, without waiting out the heartbeat grace period: its process is provably gone.
     assert retry.datetime_start is not None
-    assert (retry.datetime_start - killed).total_seconds() < study.GRACE_PERIOD
+    assert (retry.datetime_start - killed).total_seconds() < storages.GRACE_PERIOD
 
 
 def test_trial_of_another_host_is_retried_after_the_heartbeat_grace_period(
@@ -74,9 +76,9 @@ def test_trial_of_another_host_is_retried_after_the_heartbeat_grace_period(
     storage = open_storage("sqlite:///studies/t.db")
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("t"), 0)
     storage.set_trial_user_attr(trial_id, "host", "elsewhere")
-    monkeypatch.setattr(study, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(study, "GRACE_PERIOD", 2)
-    monkeypatch.setattr(study, "POLL_INTERVAL", 0.5)
+    monkeypatch.setattr(storages, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(storages, "GRACE_PERIOD", 2)
+    monkeypatch.setattr(loop, "POLL_INTERVAL", 0.5)
     resumed = runner.invoke(app, ["run", "--study", "t", *ARGS])
     assert resumed.exit_code == 0, resumed.output
     dead, retry = load().get_trials()

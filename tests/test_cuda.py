@@ -19,11 +19,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.data import load_dataset
-from cnnsearch.packed import train_folds_packed
-from cnnsearch.space import TrialParams
-from cnnsearch.train import Diverged, FoldResult, train_fold
+from cnnsearch.cli.app import app
+from cnnsearch.data.dataset import load_dataset
+from cnnsearch.training.divergence import Diverged
+from cnnsearch.training.fold import FoldResult, train_fold
+from cnnsearch.training.packed import train_folds_packed
+from cnnsearch.training.params import TrialParams
 from tests.conftest import cli_env
 from tests.test_packed import Folds, params, stratified  # the same folds and models
 
@@ -144,14 +145,14 @@ def test_cuda_levers_change_results_by_float_noise_only(digits: tuple[torch.Tens
                                                          monkeypatch: pytest.MonkeyPatch, lever: str) -> None:
     # Normalising the whole fold once and the fused optimizer kernels are speed choices: with either turned off,
     # sequential and packed folds must train to the same scores.
-    import cnnsearch.train
+    import cnnsearch.training.fold
 
     x, y = digits[0].to(CUDA), digits[1].to(CUDA)
     folds = on(CUDA, digits[1], 3)
     p = params()  # Adam, batchnorm, dropout: the starting point's kind of model
     runs = []
-    for value in (getattr(cnnsearch.train, lever), 0):
-        monkeypatch.setattr(cnnsearch.train, lever, value)
+    for value in (getattr(cnnsearch.training.fold, lever), 0):
+        monkeypatch.setattr(cnnsearch.training.fold, lever, value)
         seq = [train_fold(p, x[tr], y[tr], x[va], y[va], n_classes=10, epochs=2, seed=31 + f, fold=f)
                for f, (tr, va) in enumerate(folds)]
         runs.append((seq, train_folds_packed(p, x, y, folds, n_classes=10, epochs=2, seeds=[31, 32, 33])))

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnsearch.data import fold_indices, load_dataset
+from cnnsearch.data.dataset import fold_indices, load_dataset
 from cnnsearch.errors import CnnSearchError
 
 

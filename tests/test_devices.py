@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.config import FIXED_SETTINGS, RunSettings
-from cnnsearch.data import load_dataset, on_device
-from cnnsearch.devices import HostDropout, continue_cpu_stream, memory_format, resolve_device, use_host_dropout
+from cnnsearch.cli.app import app
+from cnnsearch.config.settings import FIXED_SETTINGS, RunSettings
+from cnnsearch.data.dataset import load_dataset, on_device
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.model import build_model
-from cnnsearch.space import TrialParams
-from cnnsearch.train import train_fold
+from cnnsearch.training.device import HostDropout, continue_cpu_stream, memory_format, resolve_device, use_host_dropout
+from cnnsearch.training.fold import train_fold
+from cnnsearch.training.model import build_model
+from cnnsearch.training.params import TrialParams
 from tests.conftest import TINY
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

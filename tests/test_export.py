@@ -15,8 +15,8 @@ import optuna
 import pandas as pd
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.study import status_of
+from cnnsearch.cli.app import app
+from cnnsearch.store.rows import status_of
 
 REPO = Path(__file__).resolve().parent.parent
 

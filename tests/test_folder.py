@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.data import load_dataset
+from cnnsearch.cli.app import app
+from cnnsearch.data.dataset import load_dataset
+from cnnsearch.data.folder import load_folder
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.folder import load_folder
 from tests.images import first_per_class, write_folder
 
 # --pruner none: one epoch on a few hundred images may end a fold at chance, and these tests need the trial to finish.

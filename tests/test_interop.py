@@ -18,8 +18,8 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.study import status_of
+from cnnsearch.cli.app import app
+from cnnsearch.store.rows import status_of
 from tests.conftest import copy_db
 
 REPO = Path(__file__).resolve().parent.parent

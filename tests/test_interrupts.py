@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
+from cnnsearch.cli.app import app
 from tests.conftest import start_cli, wait_for_line
 
 ARGS = ["--epochs", "2", "--folds", "2", "--max-samples", "200", "--threads", "1"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnsearch.model import build_model, l2_term, l2_weights, pool_positions
-from cnnsearch.space import TrialParams
+from cnnsearch.training.model import build_model, l2_term, l2_weights, pool_positions
+from cnnsearch.training.params import TrialParams
 
 
 def params(**kw: object) -> TrialParams:

@@ -9,12 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.data import fold_indices, load_dataset
+from cnnsearch.cli.app import app
+from cnnsearch.data.dataset import fold_indices, load_dataset
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.packed import train_folds_packed, use_packing
-from cnnsearch.space import TrialParams
-from cnnsearch.train import Diverged, FoldResult, train_fold
+from cnnsearch.training.divergence import Diverged
+from cnnsearch.training.fold import FoldResult, train_fold
+from cnnsearch.training.packed import train_folds_packed, use_packing
+from cnnsearch.training.params import TrialParams
 from tests.conftest import TINY
 
 Folds = list[tuple[torch.Tensor, torch.Tensor]]
@@ -165,14 +166,14 @@ def test_fused_optimizer_changes_scores_by_float_noise_only(digits: tuple[torch.
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             p: TrialParams) -> None:
     # The fused kernels are a speed choice (FUSED_OPTIMIZER): the unfused update must train the same folds.
-    import cnnsearch.train
+    import cnnsearch.training.fold
 
     x, y = digits
     folds = stratified(y, 3)
     seeds = [5, 6, 7]
-    assert cnnsearch.train.FUSED_OPTIMIZER
+    assert cnnsearch.training.fold.FUSED_OPTIMIZER
     fused = sequential(p, x, y, folds, seeds), train_folds_packed(p, x, y, folds, n_classes=10, epochs=2, seeds=seeds)
-    monkeypatch.setattr(cnnsearch.train, "FUSED_OPTIMIZER", False)
+    monkeypatch.setattr(cnnsearch.training.fold, "FUSED_OPTIMIZER", False)
     plain = sequential(p, x, y, folds, seeds), train_folds_packed(p, x, y, folds, n_classes=10, epochs=2, seeds=seeds)
     for a_runs, b_runs in zip(fused, plain, strict=True):
         assert max(r.accuracy for r in a_runs) > 0.3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import optuna
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
+from cnnsearch.cli.app import app
 
 PINNED = [
     ({"augment": "none", "batch_size": 64, "batchnorm": True, "decay": 0.9, "dropout": 0.1, "growth": 2.0,

@@ -10,9 +10,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.plots import MIN_IMPORTANCE_TRIALS, PLOTS, _gather, _importance_trials, importances, make_plots
-from cnnsearch.study import SETTINGS_ATTR
+from cnnsearch.cli.app import app
+from cnnsearch.results.plots import MIN_IMPORTANCE_TRIALS, PLOTS, _gather, _importance_trials, importances, make_plots
+from cnnsearch.store.record import SETTINGS_ATTR
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

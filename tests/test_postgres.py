@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
+from cnnsearch.cli.app import app
 from tests.conftest import start_cli
 
 ARGS = ["--epochs", "2", "--folds", "2", "--max-samples", "300", "--threads", "1", "--workers", "1"]

@@ -9,10 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cnnsearch.config import Config, RunSettings
-from cnnsearch.pruning import chance_from, make_pruner, stuck
-from cnnsearch.report import stop_note
-from cnnsearch.study import TrialRow
+from cnnsearch.cli.render import stop_note
+from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.search.pruning import chance_from, make_pruner, stuck
+from cnnsearch.store.rows import TrialRow
 
 
 @pytest.mark.parametrize(("name", "kind"), [("median", optuna.pruners.MedianPruner),
@@ -45,10 +45,11 @@ def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_st
 
 def test_the_margin_replay_in_bench_computes_what_behind_best_does(tmp_path: Path) -> None:
     """``bench/replay_margin.py`` re-creates the behind-the-best check from dumped trials (the best, the means over
-    the folds seen, the spread rule on main); it must agree with :func:`cnnsearch.pruning.behind_best`, stop for stop
+    the folds seen, the spread rule on main); it must agree with
+    :func:`cnnsearch.search.pruning.behind_best`, stop for stop
     and margin for margin."""
     from bench.replay_margin import RULES, margin_check
-    from cnnsearch.pruning import behind_best
+    from cnnsearch.search.pruning import behind_best
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", direction="maximize")
     finished = [[0.785, 0.951, 0.932], [0.93, 0.93, 0.894], [0.848, 0.961, 0.98]]
@@ -83,10 +84,11 @@ def test_stop_note_names_the_epoch_where_the_study_recorded_it() -> None:
 
 def test_the_curve_replay_stops_a_trial_behind_the_best_curve_before_a_fold_end(tmp_path: Path) -> None:
     """``bench/replay_curve.py`` compares each epoch but a fold's last with the best finished trial's accuracy at the
-    same step, with :func:`cnnsearch.pruning.behind_margin` over one fold; it must stop a trial far behind that curve,
+    same step, with :func:`cnnsearch.search.pruning.behind_margin` over one fold; it must stop a trial far behind
+    that curve,
     at the first such epoch, and let one level with it go on."""
     from bench.replay_curve import first_stop
-    from cnnsearch.pruning import behind_margin
+    from cnnsearch.search.pruning import behind_margin
 
     def row(number: int, curve: list[float], start: str, end: str, state: str = "COMPLETE") -> dict[str, object]:
         return {"number": number, "state": state, "curve": curve, "seconds": 60.0, "start": start, "end": end,

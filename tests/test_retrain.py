@@ -10,10 +10,10 @@ import optuna
 import torch
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.retrain import dataset_for, evaluate_saved
-from cnnsearch.space import params_from_dict
-from cnnsearch.train import train_fold
+from cnnsearch.cli.app import app
+from cnnsearch.results.retrain import dataset_for, evaluate_saved
+from cnnsearch.training.fold import train_fold
+from cnnsearch.training.params import params_from_dict
 from tests.conftest import copy_db
 
 

@@ -1,4 +1,4 @@
-"""The cost-aware TPE (cnnsearch.sampler): its cost model against the real model, its fit, and its choice."""
+"""The cost-aware TPE (cnnsearch.search.sampler): its cost model against the real model, its fit, and its choice."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnnsearch.config import build_space
-from cnnsearch.model import build_model
-from cnnsearch.sampler import MIN_FIT, PRIOR_SLOPES, SLOPE_BOUNDS, CostAwareTPESampler, conv_macs, fit_slopes
-from cnnsearch.space import TrialParams, params_from_dict, suggest
+from cnnsearch.config.space import build_space
+from cnnsearch.search.sampler import MIN_FIT, PRIOR_SLOPES, SLOPE_BOUNDS, CostAwareTPESampler, conv_macs, fit_slopes
+from cnnsearch.search.suggest import suggest
+from cnnsearch.training.model import build_model
+from cnnsearch.training.params import TrialParams, params_from_dict
 
 BASE = {"lr": 1e-3, "decay": 0.9, "l2": 1e-5, "dropout": 0.1, "pooling": "max", "batchnorm": True, "head": "gap",
         "optimizer": "adam"}
@@ -118,12 +119,12 @@ def test_cost_weight_must_be_non_negative() -> None:
 
 
 def test_a_search_samples_cost_aware_unless_the_weight_is_zero() -> None:
-    from cnnsearch.config import Config, RunSettings
-    from cnnsearch.study import _sampler
+    from cnnsearch.config.settings import Config, RunSettings
+    from cnnsearch.search.sampler import make_sampler
 
-    sampler = _sampler(Config(space=build_space({"width": "32", "layers": "3:3"})), 0, image=(1, 8))
+    sampler = make_sampler(Config(space=build_space({"width": "32", "layers": "3:3"})), 0, image=(1, 8))
     assert isinstance(sampler, CostAwareTPESampler)
     assert sampler._fixed == {"width": 32, "layers": 3}  # dimensions the space fixes are never drawn
-    plain = _sampler(Config(run=RunSettings(cost_weight=0)), 0, image=(1, 8))
+    plain = make_sampler(Config(run=RunSettings(cost_weight=0)), 0, image=(1, 8))
     assert type(plain) is optuna.samplers.TPESampler
-    assert type(_sampler(Config(), 0)) is optuna.samplers.TPESampler  # no image yet (opening the study)
+    assert type(make_sampler(Config(), 0)) is optuna.samplers.TPESampler  # no image yet (opening the study)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.config import RunSettings
-from cnnsearch.data import load_dataset
+from cnnsearch.cli.app import app
+from cnnsearch.config.settings import RunSettings
+from cnnsearch.data.dataset import load_dataset
+from cnnsearch.data.sources import TORCHVISION, expected_files, load_npz
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.sources import TORCHVISION, expected_files, load_npz
 from tests.images import first_per_class, mnist_dir
 
 

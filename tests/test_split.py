@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.data import channel_stats, fold_indices, load_dataset
-from cnnsearch.space import TrialParams
-from cnnsearch.train import normalisation, train_fold
+from cnnsearch.cli.app import app
+from cnnsearch.data.dataset import channel_stats, fold_indices, load_dataset
+from cnnsearch.training.fold import normalisation, train_fold
+from cnnsearch.training.params import TrialParams
 
 SEARCH = ["--epochs", "1", "--folds", "2", "--threads", "1"]
 

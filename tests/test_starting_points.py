@@ -6,11 +6,18 @@ import optuna
 import pytest
 import torch
 
-from cnnsearch.config import Config, RunSettings, build_space
-from cnnsearch.data import Dataset
-from cnnsearch.model import conv_macs
-from cnnsearch.space import SECOND_POINT, SECOND_POINT_MAX_MACS, STARTING_POINT, starting_point, starting_points
-from cnnsearch.study import create_or_resume
+from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.space import build_space
+from cnnsearch.data.dataset import Dataset
+from cnnsearch.search.suggest import (
+    SECOND_POINT,
+    SECOND_POINT_MAX_MACS,
+    STARTING_POINT,
+    starting_point,
+    starting_points,
+)
+from cnnsearch.store.record import create_or_resume
+from cnnsearch.training.model import conv_macs
 
 
 def images(side: int, channels: int = 1, n: int = 40) -> Dataset:

@@ -15,7 +15,7 @@ HEAVY = ("torch", "optuna", "pandas", "matplotlib", "sklearn", "numpy")
 
 PROBE = """
 import json, sys
-from cnnsearch.cli import app
+from cnnsearch.cli.app import app
 try:
     app(sys.argv[1:], prog_name="cnnsearch")
 except SystemExit as exc:

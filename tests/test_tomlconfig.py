@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnsearch.config import Config, RunSettings, build_space, parse_dim
+from cnnsearch.config.files import config_toml, init_text, load_config, toml_value
+from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.space import build_space, parse_dim
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.tomlconfig import config_toml, init_text, load_config, toml_value
 
 
 def write(path: Path, text: str) -> Path:
@@ -45,7 +46,7 @@ def test_init_text_is_the_defaults_and_reads_back_to_them(tmp_path: Path) -> Non
 
 
 def test_init_text_comments_every_key() -> None:
-    from cnnsearch.cli import _run_option_help
+    from cnnsearch.cli.app import _run_option_help
 
     # Run settings take the run command's option help, else the comment in RunSettings' source.
     lines = init_text(_run_option_help()).splitlines()

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from cnnsearch.data import load_dataset
-from cnnsearch.model import build_model, l2_term, l2_weights
-from cnnsearch.space import TrialParams
-from cnnsearch.train import Diverged, train_fold
+from cnnsearch.data.dataset import load_dataset
+from cnnsearch.training.divergence import Diverged
+from cnnsearch.training.fold import train_fold
+from cnnsearch.training.model import build_model, l2_term, l2_weights
+from cnnsearch.training.params import TrialParams
 
 
 def params(**kw: object) -> TrialParams:

@@ -15,21 +15,12 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from cnnsearch.cli import app
-from cnnsearch.config import RunSettings
+from cnnsearch.cli.app import app
+from cnnsearch.config.settings import RunSettings
 from cnnsearch.errors import CnnSearchError
-from cnnsearch.study import cpu_cores, stored_config
-from cnnsearch.workers import (
-    IDLE,
-    PARKED,
-    START_ENV,
-    TRAINING,
-    CoreShare,
-    CoreSlot,
-    resolve_workers,
-    start_method,
-    threads_for,
-)
+from cnnsearch.runtime.cores import IDLE, PARKED, TRAINING, CoreShare, CoreSlot, cpu_cores, threads_for
+from cnnsearch.search.workers import START_ENV, resolve_workers, start_method
+from cnnsearch.store.record import stored_config
 from tests.conftest import cli_env
 
 SMALL = ["--epochs", "1", "--folds", "2", "--max-samples", "60", "--layers", "1", "--width", "16",
@@ -218,7 +209,7 @@ def test_the_last_trial_takes_the_cores_the_parked_worker_left(in_tmp: Path, run
 
 PROBE = """
 import sys, torch
-from cnnsearch.workers import fork_keeps_threads
+from cnnsearch.search.workers import fork_keeps_threads
 if sys.argv[1] == "pool":  # what a caller that trained on two threads leaves behind, even back at one thread
     torch.set_num_threads(2)
     torch.nn.Conv2d(16, 32, 3)(torch.randn(64, 16, 28, 28))
@@ -240,7 +231,7 @@ def test_the_fork_probe_tells_whether_a_forked_child_can_use_threads() -> None:
 CALLER = """
 import sys, torch
 from typer.testing import CliRunner
-from cnnsearch.cli import app
+from cnnsearch.cli.app import app
 torch.set_num_threads(2)
 torch.nn.Conv2d(16, 32, 3)(torch.randn(64, 16, 28, 28))  # this process now holds a 2-thread OpenMP pool
 result = CliRunner().invoke(app, ["run", "--study", "c", *sys.argv[1:]])

@@ -1,0 +1,225 @@
+"""Rendering: pure functions that build Rich tables from trial rows, and the live progress display."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cnnsearch.search.events import EpochDone, Event, TrialFinished, TrialStarted
+from cnnsearch.store.rows import TrialRow
+
+STATUS_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "DIVERGED": "red", "FAILED": "magenta",
+                "RUNNING": "cyan", "WAITING": "dim"}
+
+
+KEY_PARAMS = ("lr", "layers", "width", "optimizer", "batch_size", "batchnorm", "head")
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def fmt_acc(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def stop_note(row: TrialRow) -> str:
+    """Why a PRUNED trial stopped, where its attributes say: at chance, behind the best trial, or the pruner."""
+    if row.status != "PRUNED":
+        return ""
+    a = row.attrs
+    if isinstance(chance := a.get("at_chance"), dict):
+        epoch = f" epoch {chance['epoch']}" if "epoch" in chance else ""  # older studies recorded no epoch
+        return f"at chance @ fold {chance.get('fold')}{epoch}"
+    if isinstance(behind := a.get("behind_best"), dict):
+        return f"behind #{behind.get('best_trial')} @ fold {int(behind.get('folds', 1)) - 1}"
+    if isinstance(where := a.get("pruned_at"), dict):
+        return f"pruned @ fold {where.get('fold')} epoch {where.get('epoch')}"
+    return ""
+
+
+def trial_line(row: TrialRow) -> str:
+    """One line per finished trial, with Rich markup."""
+    style = STATUS_STYLE.get(row.status, "white")
+    params = " ".join(f"{k}={fmt_value(row.params[k])}" for k in KEY_PARAMS if k in row.params)
+    extra = ""
+    if row.status == "DIVERGED":
+        a = row.attrs
+        extra = (f" [red]{a.get('diverged_kind')} at fold {a.get('diverged_fold')} epoch "
+                 f"{a.get('diverged_epoch')} step {a.get('diverged_step')} (lr {fmt_value(a.get('diverged_lr'))})[/]")
+    if note := stop_note(row):
+        extra += f" [yellow]{note}[/]"
+    if row.l2_dominates:
+        extra += " [magenta]L2 dominates[/]"
+    acc = fmt_acc(row.cv_mean, row.cv_std) if row.status == "COMPLETE" else fmt_acc(row.cv_mean)
+    return f"trial {row.number:>3} [{style}]{row.status:<8}[/] {acc:>16}  {params}{extra}"
+
+
+def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: int | None = None) -> Table:
+    """A table of trials in the given order."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("status")
+    table.add_column("CV accuracy", justify="right")
+    for key in KEY_PARAMS:
+        table.add_column(key, justify="right")
+    table.add_column("L2/CE", justify="right")
+    table.add_column("notes")
+    for row in list(rows)[:limit]:
+        notes = []
+        if row.status == "DIVERGED":
+            notes.append(f"{row.attrs.get('diverged_kind')} @ fold {row.attrs.get('diverged_fold')} "
+                         f"epoch {row.attrs.get('diverged_epoch')}")
+        if note := stop_note(row):
+            notes.append(note)
+        if row.l2_dominates:
+            notes.append("L2 dominates")
+        ratio = row.attrs.get("l2_ratio")
+        table.add_row(
+            str(row.number),
+            f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
+            fmt_acc(row.cv_mean, row.cv_std),
+            *(fmt_value(row.params.get(k, "-")) for k in KEY_PARAMS),
+            "-" if ratio is None else f"{ratio:.2g}",
+            ", ".join(notes),
+        )
+    return table
+
+
+def config_table(params: dict[str, Any], *, title: str = "Best configuration") -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("parameter", style="bold")
+    table.add_column("value")
+    for key, value in params.items():
+        table.add_row(key, fmt_value(value))
+    return table
+
+
+class SearchProgress:
+    """Live progress: a bar over trials (with the best so far) and one over the current trial's folds and
+    epochs; finished trials are printed above the bars."""
+
+    def __init__(self, console: Console, target: int, done: int = 0, header: str | None = None) -> None:
+        self.console = console
+        self.header = header  # printed with the first event, once the study is open
+        self.trials = Progress(TextColumn("[bold]trials[/] {task.description}"), BarColumn(),
+                               MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.inner = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              console=console)
+        self.trial_task = self.trials.add_task("best -", total=target, completed=done)
+        self.fold_tasks: dict[int, Any] = {}
+        self.live = Live(Group(self.trials, self.inner), console=console, refresh_per_second=8,
+                         transient=True)
+
+    def __enter__(self) -> SearchProgress:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.live.__exit__(et, ev, tb)
+        if et is None and self.header is not None:  # a study already complete: no event printed it
+            self.console.print(self.header, highlight=False, markup=False, soft_wrap=True)
+
+    def __call__(self, event: Event) -> None:
+        if self.header is not None:
+            self.console.print(self.header, highlight=False, markup=False, soft_wrap=True)
+            self.header = None
+        if isinstance(event, TrialStarted):
+            self.fold_tasks[event.number] = self.inner.add_task(f"trial {event.number}", total=None)
+        elif isinstance(event, EpochDone):
+            task = self.fold_tasks.get(event.number)
+            if task is None:
+                task = self.fold_tasks[event.number] = self.inner.add_task(f"trial {event.number}")
+            self.inner.update(task, total=event.folds * event.epochs,
+                              completed=event.fold * event.epochs + event.epoch + 1,
+                              description=f"trial {event.number} fold {event.fold + 1}/{event.folds} "
+                                          f"epoch {event.epoch + 1}/{event.epochs} val {100 * event.accuracy:.1f}%")
+        elif isinstance(event, TrialFinished):
+            task = self.fold_tasks.pop(event.row.number, None)
+            if task is not None:
+                self.inner.remove_task(task)
+            self.console.print(trial_line(event.row), highlight=False)
+            self.trials.advance(self.trial_task)
+            if event.best is not None:
+                self.trials.update(self.trial_task, description=f"best {100 * event.best:.2f}%")
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def per_class_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,
+                    title: str = "Test accuracy per class") -> Table:
+    """Images, correct predictions and accuracy of each true class, from a confusion matrix."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("correct", justify="right")
+    table.add_column("accuracy", justify="right")
+    for k, (name, row) in enumerate(zip(classes, confusion, strict=True)):
+        n = sum(row)
+        acc = row[k] / n if n else None
+        style = "" if acc is None or acc >= 0.95 else ("yellow" if acc >= 0.8 else "red")
+        table.add_row(escape(name), str(n), str(row[k]), f"[{style}]{fmt_pct(acc)}[/]" if style else fmt_pct(acc))
+    return table
+
+
+def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,
+                    title: str = "Confusion matrix (rows: true class, columns: predicted)") -> Table:
+    """The confusion matrix; correct counts in green on the diagonal, mistakes in red."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("true \\ pred", style="bold")
+    for name in classes:
+        table.add_column(escape(name), justify="right")
+    for k, (name, row) in enumerate(zip(classes, confusion, strict=True)):
+        cells = []
+        for j, v in enumerate(row):
+            if j == k:
+                cells.append(f"[bold green]{v}[/]")
+            elif v:
+                cells.append(f"[red]{v}[/]")
+            else:
+                cells.append("[dim]·[/]")
+        table.add_row(escape(name), *cells)
+    return table
+
+
+def studies_table(infos: Sequence[Any], *, title: str = "Studies") -> Table:
+    """One row per study (:class:`cnnsearch.results.catalog.StudyInfo`): counts by status and the best CV accuracy.
+
+    Entries with an ``error`` (a storage that could not be read) are left out. The storage column appears only
+    when some study is not in the default place, ``studies/<study>.db``, so the counts fit in 80 columns.
+    """
+    from rich import box
+
+    from cnnsearch.results.catalog import COUNTED
+
+    readable = [i for i in infos if i.error is None]
+    show_storage = any(i.storage != f"sqlite:///studies/{i.name}.db" for i in readable)
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD)
+    table.add_column("study")
+    table.add_column("trials", justify="right")
+    for status in COUNTED:
+        table.add_column(f"[{STATUS_STYLE[status]}]{status}[/]", justify="right")
+    table.add_column("best CV", justify="right")
+    if show_storage:
+        table.add_column("storage", overflow="fold")
+    for info in readable:
+        cells = [escape(info.name), str(info.total), *(str(info.counts.get(k, 0)) for k in COUNTED), fmt_pct(info.best)]
+        if show_storage:
+            cells.append(escape(info.storage.removeprefix("sqlite:///")))
+        table.add_row(*cells)
+    return table

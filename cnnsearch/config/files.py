@@ -1,0 +1,484 @@
+"""Configuration files: read and check them, merge them with command-line options, and write them.
+
+Precedence: command-line options override the file, which overrides the built-in defaults
+(:class:`~cnnsearch.config.settings.RunSettings` and :data:`~cnnsearch.config.space.DIMS`).
+
+The layout, which ``cnnsearch init`` writes with comments::
+
+    [run]            # RunSettings fields by name: study, n_trials, folds, epochs, ...
+    folds = 3
+
+    [space]          # one key per dimension
+    lr = "1e-4:3e-2"                 # a string in the command-line syntax: a range ...
+    batch_size = [32, 64, 128]       # an array: a choice
+    batchnorm = true                 # a number, bool or name: fixed
+    dropout = { low = 0, high = 0.5 }  # a table: a range
+
+    [space.sgd]      # dimensions that apply only when optimizer = "sgd"
+    momentum = "0.8:0.99"
+
+    [space.fc]       # dimensions that apply only when head = "fc"
+    hidden = [64, 128, 256]
+
+Every space value becomes the command-line text and goes through :func:`~cnnsearch.config.space.parse_dim`, so a
+file and the options are checked by the same code. ``[run]`` keys map to RunSettings fields by introspection,
+so a setting added to RunSettings works in a file without code here. A file whose name ends in ``.json`` is
+read as JSON with the same layout (what ``cnnsearch best --format json`` writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.space import DIM_BY_NAME, DIMS, Dim, DimSpec, build_space
+from cnnsearch.errors import CnnSearchError
+
+CONDITIONS: dict[str, tuple[str, str]] = {}
+"""Sub-table of ``[space]`` -> (parent dimension, value) under which its dimensions apply, e.g. sgd -> optimizer."""
+
+
+for _spec in DIMS:
+    if _spec.parent is not None:
+        if CONDITIONS.get(_spec.parent[1], _spec.parent) != _spec.parent:
+            raise AssertionError(f"two parents share the value {_spec.parent[1]!r}; sub-table names would clash")
+        CONDITIONS[_spec.parent[1]] = _spec.parent
+
+
+ALL_KEYS: tuple[str, ...] = (
+    "run", "space",
+    *(f"run.{f.name}" for f in dataclasses.fields(RunSettings)),
+    *(f"space.{s.name}" for s in DIMS if s.parent is None),
+    *(f"space.{table}" for table in CONDITIONS),
+    *(f"space.{s.parent[1]}.{s.name}" for s in DIMS if s.parent is not None),
+)
+"""Every key a file may hold, dotted; unknown keys get a suggestion from this list."""
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse ``path`` as TOML (or JSON, by its suffix); every problem is one line naming the file."""
+    if not path.exists():
+        raise CnnSearchError(f"--config: no such file: {path}")
+    if path.is_dir():
+        raise CnnSearchError(f"--config: {path} is a folder, not a configuration file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CnnSearchError(f"--config: cannot read {path}: {exc.strerror}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CnnSearchError(f"--config: {path} is not valid JSON: {exc.msg} (at line {exc.lineno}, "
+                                 f"column {exc.colno})") from None
+        except UnicodeDecodeError as exc:
+            raise CnnSearchError(f"--config: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not isinstance(data, dict):
+            raise CnnSearchError(f"--config: {path} must hold a JSON object with run and space, not "
+                                 f"{_type_name(data)}")
+        return data
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CnnSearchError(f"--config: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message is one line and ends with "(at line L, column C)".
+        raise CnnSearchError(f"--config: {path} is not valid TOML: {exc}") from None
+
+
+def _type_name(value: Any) -> str:
+    """How TOML calls the type of a parsed value."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+def _show(value: Any) -> str:
+    """A value as it looks in the file."""
+    try:
+        return toml_value(value)
+    except TypeError:
+        isoformat = getattr(value, "isoformat", None)  # TOML dates and times
+        return str(isoformat()) if callable(isoformat) else repr(value)
+
+
+def _unknown_key(key: str, here: Iterable[str], where: str) -> CnnSearchError:
+    """An unknown key, with the key it most likely meant."""
+    leaf = key.rsplit(".", 1)[-1]
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    here = list(here)
+    # The right key in the wrong table (folds at the top, momentum outside [space.sgd]) ...
+    guesses = [k for k in ALL_KEYS if k.rsplit(".", 1)[-1] == leaf and k != key]
+    # ... else a typo of a key that belongs here.
+    guesses += [f"{parent}.{g}" if parent else g for g in difflib.get_close_matches(leaf, here, n=1, cutoff=0.6)]
+    if guesses:
+        return CnnSearchError(f"unknown key {key!r}{where}; did you mean {guesses[0]!r}?")
+    return CnnSearchError(f"unknown key {key!r}{where}; allowed here: {', '.join(here)}")
+
+
+_SPACE_EXPECTED: dict[str, str] = {
+    "float": 'a number, a "low:high" or "a,b,c" string, an array of numbers or a {low, high} table',
+    "int": 'an integer, a "low:high" or "a,b,c" string, an array of integers or a {low, high} table',
+    "bool": "true, false or an array of them",
+    "str": "a name or an array of names",
+}
+
+
+def _scalar_text(spec: DimSpec, value: Any) -> str | None:
+    """The command-line text of one TOML scalar, or None when its type does not fit the dimension."""
+    if spec.kind == "bool":
+        return ("true" if value else "false") if isinstance(value, bool) else None
+    if spec.kind == "str":
+        return value if isinstance(value, str) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return repr(value)  # repr: every digit of a float survives the trip through text
+
+
+def space_value_text(spec: DimSpec, value: Any, key: str, where: str = "") -> str:
+    """Turn a file's value for ``spec`` into the command-line syntax that :func:`parse_dim` checks.
+
+    Args:
+        spec: The dimension.
+        value: As parsed from the file.
+        key: The dotted key, e.g. ``space.sgd.momentum``.
+        where: `` in FILE``, for messages.
+    """
+    label = f"{key}{where}"
+    wrong = CnnSearchError(f"{label}: {_show(value)} is {_type_name(value)}; expected {_SPACE_EXPECTED[spec.kind]}")
+    if isinstance(value, str):
+        return value  # the command-line syntax itself: "1e-4:1e-1", "32,64", "adam"
+    if isinstance(value, list):
+        if not value:
+            raise CnnSearchError(f"{label}: the array is empty; list at least one value")
+        texts = [_scalar_text(spec, v) for v in value]
+        if any(t is None for t in texts):
+            raise wrong
+        return ",".join(t for t in texts if t is not None)
+    if isinstance(value, dict):
+        if spec.kind not in ("int", "float"):
+            raise wrong
+        for name in value:
+            if name not in ("low", "high"):
+                raise _unknown_key(f"{key}.{name}", ("low", "high"), where)
+        missing = [k for k in ("low", "high") if k not in value]
+        if missing:
+            raise CnnSearchError(f"{label}: a range table needs low and high; {missing[0]} is missing")
+        low, high = (_scalar_text(spec, value[k]) for k in ("low", "high"))
+        if low is None or high is None:
+            raise wrong
+        return f"{low}:{high}"
+    text = _scalar_text(spec, value)
+    if text is None:
+        raise wrong
+    return text
+
+
+def _table(data: Any, key: str, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise CnnSearchError(f"{key}{where}: expected a table ([{key}]) but got {_show(data)}, {_type_name(data)}")
+    return data
+
+
+def _space_texts(table: Mapping[str, Any], where: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(dimension -> command-line text, dimension -> label) from a ``[space]`` table."""
+    texts: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    top = [s.name for s in DIMS if s.parent is None]
+    for key, value in table.items():
+        if key in top:
+            texts[key] = space_value_text(DIM_BY_NAME[key], value, f"space.{key}", where)
+            labels[key] = f"space.{key}{where}"
+        elif key in CONDITIONS:
+            sub = _table(value, f"space.{key}", where)
+            allowed = [s.name for s in DIMS if s.parent == CONDITIONS[key]]
+            for name, sub_value in sub.items():
+                if name not in allowed:
+                    raise _unknown_key(f"space.{key}.{name}", allowed, where)
+                texts[name] = space_value_text(DIM_BY_NAME[name], sub_value, f"space.{key}.{name}", where)
+                labels[name] = f"space.{key}.{name}{where}"
+        else:
+            raise _unknown_key(f"space.{key}", [*top, *CONDITIONS], where)
+    return texts, labels
+
+
+# Run settings: the TOML type each RunSettings field takes comes from its annotation.
+def _fit(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(True, converted value) when ``value`` fits the type ``hint``, else (False, None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _fit(value, arg)
+            if ok:
+                return ok, converted
+        return False, None
+    if origin is Literal:
+        return (True, value) if any(type(value) is type(a) for a in args) else (False, None)
+    if origin in (list, tuple):
+        return (True, origin(value)) if isinstance(value, list) else (False, None)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is type(None):
+        return False, None
+    return True, value  # a type this reader does not know: RunSettings itself checks it
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in args if a is not type(None)))
+    if origin is Literal:
+        return "one of " + ", ".join(_show(a) for a in args)
+    if origin in (list, tuple):
+        return "an array"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _run_values(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check the types of a ``[run]`` table against the RunSettings fields."""
+    hints = typing.get_type_hints(RunSettings)
+    names = [f.name for f in dataclasses.fields(RunSettings)]
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in names:
+            raise _unknown_key(f"run.{key}", names, where)
+        ok, converted = _fit(value, hints[key])
+        if not ok:
+            raise CnnSearchError(f"run.{key}{where}: {_show(value)} is {_type_name(value)}; expected "
+                                 f"{_describe(hints[key])}")
+        out[key] = converted
+    return out
+
+
+def _relabel(exc: CnnSearchError, keys: Iterable[str], where: str) -> CnnSearchError:
+    """RunSettings names the option (``--folds``); for a value from the file, name the key instead."""
+    for key in keys:
+        option = "--" + key.replace("_", "-")
+        if re.match(re.escape(option) + r"\b(?!-)", exc.message):
+            return CnnSearchError(f"run.{key}{where}{exc.message[len(option):]}", exit_code=exc.exit_code)
+    return CnnSearchError(f"{exc.message} (from{where.removeprefix(' in') or ' the file'})", exit_code=exc.exit_code)
+
+
+def load_config(path: Path | None, run_overrides: Mapping[str, Any] | None = None,
+                space_overrides: Mapping[str, str] | None = None, *, allow_deep: bool = False) -> Config:
+    """The checked configuration: command-line values over the file's over the built-in defaults.
+
+    Args:
+        path: A TOML (or ``.json``) file in the layout of this module's docstring; None for no file.
+        run_overrides: RunSettings fields given on the command line (only those given).
+        space_overrides: Dimension name -> command-line text (only those given).
+        allow_deep: Permit more than ``MAX_LAYERS`` conv layers (``--allow-deep``); ``run.allow_deep``
+            in the file does the same.
+
+    The file must be valid by itself, even where an option overrides one of its values.
+    """
+    run_overrides = dict(run_overrides or {})
+    space_overrides = dict(space_overrides or {})
+    file_run: dict[str, Any] = {}
+    file_space: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    where = ""
+    if path is not None:
+        where = f" in {path}"
+        data = read_file(path)
+        for key in data:
+            if key not in ("run", "space"):
+                raise _unknown_key(key, ("run", "space"), where)
+        file_run = _run_values(_table(data.get("run", {}), "run", where), where)
+        file_space, labels = _space_texts(_table(data.get("space", {}), "space", where), where)
+    deep = bool(allow_deep or run_overrides.get("allow_deep") or file_run.get("allow_deep"))
+    try:
+        from_file = RunSettings(**file_run)
+    except CnnSearchError as exc:
+        raise _relabel(exc, file_run, where) from None
+    settings = dataclasses.replace(from_file, **run_overrides)
+    build_space(file_space, allow_deep=deep, labels=labels)  # the file's own values, even those overridden
+    space = build_space({**file_space, **space_overrides}, allow_deep=deep, labels=labels)
+    return Config(run=settings, space=space)
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value: a bool, number, string or array of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest text that reads back as the same float; always valid TOML
+    if isinstance(value, str):
+        # A JSON string is a TOML basic string, except that TOML also forbids a raw DEL.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+class Unset:
+    """A setting left out of the file; written as a commented-out line showing its form."""
+
+    def __init__(self, example: str) -> None:
+        self.example = example
+
+
+def dumps(doc: Mapping[str, Any], *, comments: Mapping[str, str] | None = None,
+          header: Iterable[str] = ()) -> str:
+    """TOML text of ``doc`` (tables of values), with a comment line above each dotted key in ``comments``."""
+    comments = {k: v for k, v in (comments or {}).items() if v}
+    lines = [f"# {h}" if h else "#" for h in header]
+
+    def table(name: str, body: Mapping[str, Any]) -> None:
+        if lines:
+            lines.append("")
+        if name in comments:
+            lines.append(f"# {comments[name]}")
+        lines.append(f"[{name}]")
+        subtables = []
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                subtables.append((f"{name}.{key}", value))
+                continue
+            if f"{name}.{key}" in comments:
+                lines.append(f"# {comments[f'{name}.{key}']}")
+            if isinstance(value, Unset):
+                lines.append(f"# {key} = {value.example}")
+            else:
+                lines.append(f"{key} = {toml_value(value)}")
+        for sub_name, sub_body in subtables:
+            table(sub_name, sub_body)
+
+    for name, body in doc.items():
+        table(name, body)
+    return "\n".join(lines) + "\n"
+
+
+def dim_value(dim: Dim) -> Any:
+    """How a dimension is written: a value (fixed), an array (choice) or a "low:high" string (range)."""
+    if dim.is_range:
+        return dim.spec()
+    if dim.fixed is not None:
+        return dim.fixed
+    return list(dim.choices)
+
+
+def _space_doc(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Nest conditional dimensions under their sub-table: {"optimizer": ..., "sgd": {"momentum": ...}}."""
+    doc: dict[str, Any] = {}
+    for spec in DIMS:
+        if spec.name not in values:
+            continue
+        if spec.parent is None:
+            doc[spec.name] = values[spec.name]
+        else:
+            doc.setdefault(spec.parent[1], {})[spec.name] = values[spec.name]
+    return doc
+
+
+def run_doc(settings: RunSettings) -> dict[str, Any]:
+    """The run settings as a ``[run]`` table; unset ones (None) as commented-out lines."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(RunSettings):
+        value = getattr(settings, f.name)
+        if value is None:
+            out[f.name] = Unset(toml_value(settings.storage_url) if f.name == "storage"
+                                else f"<{_describe(typing.get_type_hints(RunSettings)[f.name])}>")
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_doc(config: Config) -> dict[str, Any]:
+    """A config as a document that :func:`load_config` reads back to the same config."""
+    return {"run": run_doc(config.run), "space": _space_doc({d.name: dim_value(d) for d in config.space.dims})}
+
+
+def _condition_comment(table: str) -> str:
+    parent, value = CONDITIONS[table]
+    return f"Applies only when {parent} = {toml_value(value)}."
+
+
+def config_toml(config: Config) -> str:
+    """The merged configuration, as ``run --print-config`` shows it (a file ``run --config`` accepts)."""
+    comments = {f"space.{t}": _condition_comment(t) for t in CONDITIONS}
+    return dumps(config_doc(config), comments=comments,
+                 header=["The merged configuration: command-line options > --config file > built-in defaults."])
+
+
+def _field_comments() -> dict[str, str]:
+    """The comment after each RunSettings field in its source (``folds: int = 3  # ...``)."""
+    out: dict[str, str] = {}
+    try:
+        source = inspect.getsource(RunSettings)
+    except (OSError, TypeError):  # no source (a frozen build): comments are a nicety
+        return out
+    for match in re.finditer(r"^    (\w+):[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE):
+        out[match.group(1)] = match.group(2).strip()
+    return out
+
+
+def init_text(run_help: Mapping[str, str] | None = None) -> str:
+    """The commented file ``cnnsearch init`` writes: every run setting and dimension at its default.
+
+    Args:
+        run_help: RunSettings field -> help sentence (the ``run`` command's option help); fields without
+            one get the comment from RunSettings' source.
+    """
+    run_help = run_help or {}
+    source_comments = _field_comments()
+    defaults = Config()
+    comments: dict[str, str] = {}
+    for f in dataclasses.fields(RunSettings):
+        text = run_help.get(f.name) or source_comments.get(f.name, "")
+        if getattr(defaults.run, f.name) is None and "default" not in text.lower():
+            text = f"{text} Not set by default.".strip()
+        comments[f"run.{f.name}"] = text
+    space: dict[str, Any] = {}
+    for spec in DIMS:
+        dim = defaults.space[spec.name]
+        # Ranges keep the default's own spelling ("1e-4:3e-2" rather than "0.0001:0.03").
+        space[spec.name] = spec.default if dim.is_range else dim_value(dim)
+        extra = " Ranges are sampled on a log scale." if spec.log else ""
+        comments[f"space.{spec.parent[1] + '.' if spec.parent else ''}{spec.name}"] = f"{spec.help}{extra}"
+    for table in CONDITIONS:
+        comments[f"space.{table}"] = _condition_comment(table)
+    comments["space"] = ('Each dimension: "low:high" or {low = .., high = ..} is a range, [a, b] a choice, '
+                         "one value fixes it.")
+    header = [
+        "cnnsearch configuration. Use it with: cnnsearch run --config FILE",
+        "Command-line options override this file, which overrides the built-in defaults.",
+        "Every key is optional: leave one out to get its default.",
+    ]
+    return dumps({"run": run_doc(defaults.run), "space": _space_doc(space)}, comments=comments, header=header)

@@ -1,0 +1,464 @@
+"""Pictures of a study, drawn with matplotlib's Agg backend into PNG files.
+
+Six plots, each a pure function from trials to a :class:`matplotlib.figure.Figure` (no pyplot state, so
+nothing leaks between calls): the optimization history, parameter importances, parallel coordinates of the
+top trials, the stability map (learning rate against depth, diverged trials marked), learning curves and
+the per-fold spread of the best trials. A plot that needs completed trials is skipped with a note when
+there are none, rather than drawn empty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.store.record import SETTINGS_ATTR
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from cnnsearch.store.rows import TrialRow
+
+
+PLOTS: tuple[str, ...] = ("history", "importances", "parallel", "stability", "curves", "folds")
+"""The files written, as ``<name>.png``, in this order."""
+
+
+MIN_IMPORTANCE_TRIALS = 5  # trials compared below which importances are noise (PED-ANOVA ranks quantiles)
+
+
+TOP_PARALLEL = 10  # trials drawn in the parallel-coordinates plot
+
+
+TOP_CURVES = 5  # trials whose learning curves are drawn
+
+
+TOP_FOLDS = 10  # trials in the fold-spread plot
+
+
+STYLE: Any = {  # matplotlib rcParams; Any because its stubs type the keys as one long Literal
+    "font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.grid": True, "grid.alpha": 0.3,
+    "legend.fontsize": 9, "figure.facecolor": "white",
+}
+
+
+COLORS = {"COMPLETE": "#1f77b4", "best": "#ff7f0e", "PRUNED": "#7f7f7f", "DIVERGED": "#d62728",
+          "FAILED": "#9467bd"}
+
+
+class Skip(Exception):
+    """A plot cannot be drawn from this study; the message says why."""
+
+
+@dataclass
+class PlotResult:
+    """What :func:`make_plots` did."""
+
+    written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line per skipped plot
+
+
+@dataclass(frozen=True)
+class _Data:
+    """Everything the plots read, gathered once from the study."""
+
+    name: str
+    rows: list[TrialRow]  # finished trials (not RUNNING or WAITING), by number
+    best: list[TrialRow]  # COMPLETE trials, best CV accuracy first
+    last_score: dict[int, float]  # trial number -> its last reported validation accuracy
+    study: optuna.Study
+
+
+def _gather(study: optuna.Study) -> _Data:
+    from cnnsearch.store.rows import row_of
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    rows = [row_of(t) for t in trials]
+    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
+    best = sorted((r for r in rows if r.status == "COMPLETE" and r.cv_mean is not None and math.isfinite(r.cv_mean)),
+                  key=lambda r: (-(r.cv_mean or 0.0), r.number))
+    return _Data(study.study_name, rows, best, last, study)
+
+
+def _need_complete(data: _Data, n: int = 1) -> None:
+    if len(data.best) < n:
+        have = "no trial" if not data.best else f"only {len(data.best)} trial{'s' * (len(data.best) > 1)}"
+        raise Skip(f"needs at least {n} completed trial{'s' * (n > 1)}; {have} completed")
+
+
+def _pct(v: float | None) -> float:
+    return math.nan if v is None else 100.0 * v
+
+
+def _legend_below(fig: Figure, ax: Axes, ncols: int = 4) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        # Outside the axes, so it never hides a point.
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), frameon=False)
+
+
+def plot_history(data: _Data) -> Figure:
+    """CV accuracy per trial with the best so far; pruned trials at their last score, and trials without a
+    score (diverged, failed) in a strip of their own below, so they never pass for a low score."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    unscored = [r for r in data.rows if r.status in ("DIVERGED", "FAILED")]
+    if unscored:
+        ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=[7, 1])
+    else:
+        ax, strip = fig.add_subplot(), None
+    complete = [r for r in data.rows if r.status == "COMPLETE" and r.cv_mean is not None]
+    pruned = [r for r in data.rows if r.status == "PRUNED" and r.number in data.last_score]
+    if complete:
+        ax.scatter([r.number for r in complete], [_pct(r.cv_mean) for r in complete], s=36,
+                   color=COLORS["COMPLETE"], label="completed (CV mean)", zorder=3)
+        best_x, best_y, best = [], [], -math.inf
+        for r in complete:
+            best = max(best, _pct(r.cv_mean))
+            best_x.append(r.number)
+            best_y.append(best)
+        best_x.append(max(r.number for r in data.rows))
+        best_y.append(best)
+        ax.step(best_x, best_y, where="post", color=COLORS["best"], lw=2, label="best so far", zorder=2)
+    if pruned:
+        ax.scatter([r.number for r in pruned], [_pct(data.last_score[r.number]) for r in pruned], s=36,
+                   facecolors="none", edgecolors=COLORS["PRUNED"], label="pruned (score when stopped)", zorder=3)
+    if not complete and not pruned:
+        ax.set_ylim(0, 100)
+        ax.text(0.5, 0.5, "no trial has a score", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    numbers = [r.number for r in data.rows]
+    ax.set_xlim(min(numbers) - 0.7, max(numbers) + 0.7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("CV accuracy (%)")
+    bottom = ax
+    if strip is not None:
+        for status, marker, label in (("DIVERGED", "X", "diverged (no score)"), ("FAILED", "s", "failed")):
+            xs = [r.number for r in unscored if r.status == status]
+            if xs:
+                strip.scatter(xs, [0.0] * len(xs), marker=marker, s=60, color=COLORS[status], label=label, zorder=3)
+        strip.set_ylim(-1, 1)
+        strip.set_yticks([])
+        strip.grid(axis="y", visible=False)
+        strip.set_ylabel("no\nscore", rotation=0, ha="right", va="center")
+        bottom = strip
+    bottom.set_xlabel("trial number")
+    ax.set_title(f"Optimization history of {data.name} ({len(data.rows)} finished trials)")
+    handles, labels = ax.get_legend_handles_labels()
+    if strip is not None:
+        more = strip.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
+    return fig
+
+
+def _importance_params(trials: Sequence[optuna.trial.FrozenTrial]) -> list[str]:
+    """Parameters set in every one of ``trials`` and free to vary (a fixed dimension has no importance)."""
+    common = set.intersection(*(set(t.params) for t in trials)) if trials else set()
+    return sorted(p for p in common if not trials[0].distributions[p].single())
+
+
+def _importance_trials(data: _Data) -> tuple[list[optuna.trial.FrozenTrial], str]:
+    """The trials importances are computed over, each with the value it is judged by, and what that value is.
+
+    The completed trials and their CV accuracy, where at least ``MIN_IMPORTANCE_TRIALS`` completed. Otherwise
+    (the pruner and the fold-end checks stop most trials of many searches before their last fold) every trial
+    that finished the first fold, judged by its accuracy there: the one score they all share.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    completed = {r.number for r in data.best}  # COMPLETE with a finite CV accuracy
+    complete = [t for t in trials if t.number in completed]
+    if len(complete) >= MIN_IMPORTANCE_TRIALS:
+        return complete, f"{len(complete)} completed trials, CV accuracy"
+    epochs = (data.study.user_attrs.get(SETTINGS_ATTR) or {}).get("epochs")
+    step = epochs - 1 if isinstance(epochs, int) and epochs > 0 else -1  # -1: no step is known to end fold 0
+    reached = [optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                         value=t.intermediate_values[step])
+               for t in trials if math.isfinite(t.intermediate_values.get(step, math.nan))]
+    if len(reached) < MIN_IMPORTANCE_TRIALS:
+        raise Skip(f"needs at least {MIN_IMPORTANCE_TRIALS} completed trials or {MIN_IMPORTANCE_TRIALS} trials "
+                   f"that finished fold 0; {len(complete)} completed and {len(reached)} finished fold 0")
+    return reached, f"{len(reached)} trials, accuracy at the end of fold 0 (only {len(complete)} completed)"
+
+
+def importances(data: _Data) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA, in Optuna 5) over the trials of
+    :func:`_importance_trials`, and what they were judged by."""
+    import optuna
+
+    trials, judged = _importance_trials(data)
+    params = _importance_params(trials)
+    if not params:
+        raise Skip("no parameter varies across the trials it would compare")
+    if len({t.value for t in trials}) < 2:
+        raise Skip("every trial it would compare has the same accuracy")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    try:
+        study = optuna.create_study(direction="maximize")  # in memory: the trials with the values judged by
+        study.add_trials(trials)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    try:
+        return optuna.importance.get_param_importances(study, params=params), judged
+    except (ValueError, RuntimeError) as exc:  # the evaluator's own limits, e.g. too little data
+        raise Skip(f"Optuna could not compute importances ({exc})") from None
+
+
+def plot_importances(data: _Data) -> Figure:
+    """The parameter importances of :func:`importances` as bars."""
+    from matplotlib.figure import Figure
+
+    found, judged = importances(data)
+    items = sorted(found.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(8, max(3.2, 1.9 + 0.38 * len(items))), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS["COMPLETE"])
+    ax.bar_label(bars, labels=[f"{v:.2f}" for _, v in items], padding=3, fontsize=9)
+    ax.set_xlim(0, max(v for _, v in items) * 1.15 or 1.0)
+    ax.set_xlabel("importance (share of the total)")
+    ax.grid(axis="y", visible=False)
+    ax.set_title(f"Parameter importances (PED-ANOVA)\n{judged}")
+    return fig
+
+
+def _axis_position(dist: Any, value: Any) -> float:
+    """Where ``value`` sits on a parallel axis spanning the parameter's distribution, from 0 to 1."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        n = len(dist.choices)
+        return dist.choices.index(value) / (n - 1) if n > 1 else 0.5
+    lo, hi, v = float(dist.low), float(dist.high), float(value)
+    if dist.log:
+        lo, hi, v = math.log10(lo), math.log10(hi), math.log10(v)
+    return (v - lo) / (hi - lo) if hi > lo else 0.5
+
+
+def _axis_labels(dist: Any) -> list[tuple[float, str]]:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return [(_axis_position(dist, c), str(c)) for c in dist.choices]
+    return [(0.0, f"{dist.low:.3g}"), (1.0, f"{dist.high:.3g}")]
+
+
+def plot_parallel(data: _Data) -> Figure:
+    """The top trials across every free parameter, one line each, coloured by CV accuracy."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    _need_complete(data, 2)
+    top = data.best[:TOP_PARALLEL]
+    frozen = {t.number: t for t in data.study.get_trials(deepcopy=False)}
+    from cnnsearch.config.space import DIMS
+
+    order = [d.name for d in DIMS]
+    dists = frozen[top[0].number].distributions
+    names = [p for p in order if all(p in r.params for r in top) and p in dists and not dists[p].single()]
+    accs = [_pct(r.cv_mean) for r in top]
+    lo, hi = min(accs), max(accs)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    norm = Normalize(lo, hi)
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(max(7.0, 1.05 * (len(names) + 1) + 1.5), 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    n_axes = len(names) + 1
+    for i in range(n_axes):
+        ax.axvline(i, color="0.3", lw=1, zorder=1)
+    for i, p in enumerate(names):
+        for pos, text in _axis_labels(frozen[top[0].number].distributions[p]):
+            ax.text(i + 0.06, pos, text, fontsize=8, va="center", ha="left", color="0.15",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.5}, zorder=5)
+    for pos in (0.0, 1.0):
+        ax.text(n_axes - 1 + 0.06, pos, f"{lo + pos * (hi - lo):.2f}%", fontsize=8, va="center", ha="left",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.5}, zorder=5)
+    for r, acc in sorted(zip(top, accs, strict=True), key=lambda ra: ra[1]):  # the best drawn last, on top
+        dist = frozen[r.number].distributions
+        ys = [_axis_position(dist[p], r.params[p]) for p in names] + [norm(acc)]
+        best = r is top[0]
+        ax.plot(range(n_axes), ys, color=cmap(norm(acc)), lw=3 if best else 1.5, alpha=0.9, zorder=3 if best else 2,
+                marker="o", ms=3)
+    ax.set_xticks(range(n_axes), [*names, "CV acc."], rotation=30, ha="right")
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, n_axes - 0.4)
+    ax.set_ylim(-0.06, 1.06)
+    ax.grid(False)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    cb = fig.colorbar(_scalar_mappable(norm, cmap), ax=ax, pad=0.01, fraction=0.03)
+    cb.set_label("CV accuracy (%)")
+    ax.set_title(f"Parallel coordinates: the top {len(top)} trials (thick line: best, trial {top[0].number})")
+    return fig
+
+
+def _scalar_mappable(norm: Any, cmap: Any) -> Any:
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=cmap)
+
+
+def plot_stability(data: _Data) -> Figure:
+    """Learning rate (log x) against conv layers (y): CV accuracy as colour, diverged trials as red crosses."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in data.rows if "lr" in r.params and "layers" in r.params]
+    if not rows:
+        raise Skip("no finished trial has both lr and layers")
+
+    def jitter(r: TrialRow) -> float:
+        # Deterministic vertical spread, so trials at the same depth do not hide each other.
+        return float(r.params["layers"]) + 0.28 * (((r.number * 0.618034) % 1.0) - 0.5)
+
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    complete = [r for r in rows if r.status == "COMPLETE" and r.cv_mean is not None]
+    if complete:
+        accs = [_pct(r.cv_mean) for r in complete]
+        norm = Normalize(min(accs), max(accs) if max(accs) > min(accs) else min(accs) + 1)
+        sc = ax.scatter([r.params["lr"] for r in complete], [jitter(r) for r in complete], c=accs,
+                        cmap=colormaps["viridis"], norm=norm, s=60, edgecolors="black", linewidths=0.5,
+                        label="completed (colour: CV accuracy)", zorder=3)
+        fig.colorbar(sc, ax=ax, pad=0.01).set_label("CV accuracy (%)")
+    styles: tuple[tuple[str, dict[str, Any], str], ...] = (
+        ("PRUNED", {"marker": "o", "facecolors": "none", "edgecolors": COLORS["PRUNED"], "s": 50},
+         "pruned (stopped early)"),
+        ("DIVERGED", {"marker": "X", "color": COLORS["DIVERGED"], "s": 80}, "diverged"),
+        ("FAILED", {"marker": "s", "color": COLORS["FAILED"], "s": 40}, "failed"),
+    )
+    for status, style, label in styles:
+        these = [r for r in rows if r.status == status]
+        if these:
+            ax.scatter([r.params["lr"] for r in these], [jitter(r) for r in these], label=label, zorder=4, **style)
+    ax.set_xscale("log")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    depths = [int(r.params["layers"]) for r in rows]
+    ax.set_ylim(min(depths) - 0.6, max(depths) + 0.6)
+    lrs = [float(r.params["lr"]) for r in rows]
+    ax.set_xlim(min(lrs) / 1.6, max(lrs) * 1.6)
+    ax.set_xlabel("initial learning rate (log scale)")
+    ax.set_ylabel("conv layers")
+    ax.set_title("Stability map: learning rate against depth")
+    _legend_below(fig, ax)
+    return fig
+
+
+def plot_curves(data: _Data) -> Figure:
+    """Validation accuracy per epoch of the best trials: the mean over folds, the band from min to max."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    _need_complete(data)
+    top = [r for r in data.best if r.attrs.get("curves")][:TOP_CURVES]
+    if not top:
+        raise Skip("no completed trial stored its learning curves")
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = colormaps["tab10"]
+    for i, r in enumerate(top):
+        curves = [[_pct(v) for v in c] for c in r.attrs["curves"]]
+        epochs = min(len(c) for c in curves)
+        xs = list(range(1, epochs + 1))
+        per_epoch = [[c[e] for c in curves] for e in range(epochs)]
+        mean = [sum(v) / len(v) for v in per_epoch]
+        ax.plot(xs, mean, marker="o", ms=4, lw=2, color=colors(i),
+                label=f"trial {r.number}: CV {_pct(r.cv_mean):.2f}%")
+        ax.fill_between(xs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], color=colors(i), alpha=0.12,
+                        lw=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Learning curves of the best {len(top)} trials (band: range over folds)")
+    _legend_below(fig, ax, ncols=3)
+    return fig
+
+
+def plot_folds(data: _Data) -> Figure:
+    """Each fold's score for the best trials, with the mean and one standard deviation."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    _need_complete(data)
+    top = data.best[:TOP_FOLDS]
+    fig = Figure(figsize=(max(6.0, 0.7 * len(top) + 2.5), 5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = colormaps["tab10"]
+    n_folds = max(len(r.fold_scores) for r in top)
+    offsets = [0.0] if n_folds == 1 else [-0.18 + 0.36 * k / (n_folds - 1) for k in range(n_folds)]
+    for k in range(n_folds):
+        xs = [i + offsets[k] for i, r in enumerate(top) if k < len(r.fold_scores)]
+        ys = [_pct(r.fold_scores[k]) for r in top if k < len(r.fold_scores)]
+        ax.scatter(xs, ys, s=36, color=colors(k), edgecolors="white", linewidths=0.6, label=f"fold {k}", zorder=4)
+    means = [_pct(r.cv_mean) for r in top]
+    stds = [_pct(r.cv_std or 0.0) for r in top]
+    # Behind the fold points, so the bar never hides a fold that scored near the mean.
+    ax.errorbar(range(len(top)), means, yerr=stds, fmt="_", ms=26, mew=1.5, color="0.35", capsize=5, elinewidth=1,
+                label="mean ± std", zorder=2)
+    ax.set_xticks(range(len(top)), [f"#{r.number}" for r in top])
+    ax.set_xlim(-0.6, len(top) - 0.4)
+    ax.set_xlabel("trial (best first)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"Fold spread of the best {len(top)} trials")
+    _legend_below(fig, ax, ncols=n_folds + 1)
+    return fig
+
+
+DRAW: dict[str, Callable[[_Data], Figure]] = {
+    "history": plot_history, "importances": plot_importances, "parallel": plot_parallel,
+    "stability": plot_stability, "curves": plot_curves, "folds": plot_folds,
+}
+
+
+def make_plots(study: optuna.Study, out_dir: Path, *, dpi: int = 100, which: Sequence[str] = PLOTS) -> PlotResult:
+    """Draw the plots of ``study`` into ``out_dir`` as ``<plot>.png``.
+
+    Raises:
+        CnnSearchError: the study has no finished trial, or ``out_dir`` cannot be written.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    data = _gather(study)
+    if not data.rows:
+        raise CnnSearchError(
+            f"study {data.name!r} has no finished trials to plot; run `cnnsearch run --study {data.name}` first",
+            exit_code=RUNTIME,
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnSearchError(f"--out: cannot create {out_dir}: {exc.strerror or exc}", exit_code=RUNTIME) from None
+    result = PlotResult()
+    with matplotlib.rc_context(STYLE):
+        for name in which:
+            try:
+                fig = DRAW[name](data)
+            except Skip as skip:
+                result.notes.append(f"{name}: skipped, {skip}")
+                continue
+            FigureCanvasAgg(fig)  # the Agg canvas renders the PNG; no GUI backend is involved
+            path = out_dir / f"{name}.png"
+            try:
+                fig.savefig(path, dpi=dpi)
+            except OSError as exc:
+                raise CnnSearchError(f"--out: cannot write {path}: {exc.strerror or exc}",
+                                     exit_code=RUNTIME) from None
+            result.written.append(path)
+    return result

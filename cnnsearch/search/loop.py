@@ -1,0 +1,156 @@
+"""The search loop: set up once, then claim, optimize and wait until the study holds its target."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.runtime.cores import IDLE, PARKED, TRAINING, cpu_cores, set_threads, warm_up
+from cnnsearch.search.events import Emit, SearchResult, TrialFinished, ignore
+from cnnsearch.search.objective import make_objective
+from cnnsearch.search.sampler import make_sampler
+from cnnsearch.store.record import create_or_resume, finished_count
+from cnnsearch.store.rows import TrialRow, row_of, trial_rows
+from cnnsearch.store.storage import open_storage, sqlite_path
+
+if TYPE_CHECKING:
+    import optuna
+
+    from cnnsearch.runtime.cores import CoreSlot
+
+
+POLL_INTERVAL = 0.5  # seconds between checks while the trials left are running on other workers (the last
+
+
+def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, worker: int = 0,
+               heartbeat: bool = True, ready: Callable[[], None] | None = None,
+               deadline: float | None = None, cores: CoreSlot | None = None) -> SearchResult:
+    """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
+
+    One worker's loop; several processes or machines may run it on one study at once. Before each trial it
+    re-queues trials of dead workers (at once for this machine, after the heartbeat grace period for others)
+    and, holding a :class:`~cnnsearch.store.claim.TrialClaim`, starts a trial only while finished plus running
+    trials are fewer than the target. When the trials left are all running elsewhere it waits for them, so
+    that a worker that dies there is replaced; it returns when the target is reached.
+
+    Args:
+        config: Settings and space.
+        emit: Receives progress events.
+        widen: Allow a wider space than the stored one.
+        worker: This worker's index; seeds its sampler differently from the others.
+        heartbeat: Record heartbeats (off only to measure their cost).
+        ready: Called once this worker is set up (data loaded, study opened), before its first trial: local
+            workers wait there for each other, so that the first one up does not take every trial.
+        deadline: The ``time.time()`` after which no trial starts (``--timeout`` counted from when the command
+            started, set by :func:`cnnsearch.search.workers.run_workers`); None: ``config.run.timeout`` from this call.
+        cores: This worker's place among the local workers that share the machine's cores
+            (:class:`cnnsearch.runtime.cores.CoreShare`): its state is kept there, and its torch threads follow the
+            cores the other workers leave free. None: ``config.run.threads`` throughout.
+
+    Raises:
+        KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.runtime.interrupts.handled`):
+            the current trial is FAIL with the ``interrupted`` attribute, and queued again.
+    """
+    import optuna
+
+    from cnnsearch.data.dataset import dataset_for, fold_indices, on_device
+    from cnnsearch.runtime import interrupts
+    from cnnsearch.search.pruning import make_pruner
+    from cnnsearch.store.claim import TrialClaim
+    from cnnsearch.store.recovery import recover_dead_trials
+    from cnnsearch.training.device import resolve_device
+
+    run = config.run
+    device = resolve_device(run.device)
+    set_threads(run.threads or max(1, cpu_cores() // (run.workers or 1)))
+    warm_up()
+    # Loaded, split and moved to the device once per process; every fold of every trial indexes into it.
+    data = on_device(dataset_for(run), device)
+    fold_indices(data.y.cpu().numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
+    study = create_or_resume(config, widen=widen, data=data, storage=storage)
+    study.sampler = make_sampler(config, worker, history=len(study.get_trials(deepcopy=False)),
+                             image=data.image)
+    study.pruner = make_pruner(config)
+    done, _ = finished_count(study)
+    result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
+
+    def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            best: float | None = st.best_value
+        except ValueError:
+            best = None
+        emit(TrialFinished(row_of(trial), best))
+
+    if ready is not None:
+        ready()
+
+    def share(state: int) -> None:
+        if cores is not None:
+            cores.set(state)
+
+    def fit_threads() -> None:
+        if cores is not None:
+            set_threads(cores.threads())
+
+    with TrialClaim(storage, run.study, sqlite_path(run.storage_url)) as claim:
+        objective = make_objective(config, data, emit, storage=storage, on_start=claim.release,
+                                   fit_threads=fit_threads)
+        if deadline is None:
+            deadline = math.inf if run.timeout is None else time.time() + run.timeout
+        while time.time() < deadline:
+            interrupts.checkpoint()
+            claim.acquire()
+            try:
+                recover_dead_trials(study, storage)
+                if heartbeat:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(study)
+                done, running = finished_count(study)
+                if done >= run.n_trials:
+                    break
+                if done + running < run.n_trials:
+                    # One trial per call: the claim is released as the trial starts.
+                    share(TRAINING)
+                    study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+                    share(IDLE)
+                    result.ran += 1
+                    continue
+            finally:
+                claim.release()
+            share(PARKED)  # nothing left to start: the workers still training may use this one's cores
+            interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
+    share(PARKED)  # done, or past the deadline
+    result.rows = trial_rows(study)
+    result.notes = divergence_notes(result.rows)
+    done, _ = finished_count(study)
+    if done < run.n_trials and run.timeout is not None:
+        result.notes.append(timeout_note(run, done))
+    return result
+
+
+def timeout_note(run: RunSettings, done: int) -> str:
+    """What a run that stopped at ``--timeout`` says: how far the study got."""
+    return (f"Stopped at --timeout {run.timeout:g} s with {done} of {run.n_trials} trials finished; "
+            "run the same command again to go on.")
+
+
+def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:
+    """Plain-language advice when trials diverged."""
+    diverged = [r for r in rows if r.status == "DIVERGED"]
+    if not diverged:
+        return []
+    lrs = [float(r.params["lr"]) for r in diverged if "lr" in r.params]
+    lowest = min(lrs) if lrs else math.nan
+    notes = [f"{len(diverged)} of {len(rows)} trials diverged, from lr {lowest:.3g} upward."]
+    if all(r.status in ("DIVERGED", "FAILED") for r in rows):
+        notes.append(f"Every trial diverged: try a lower range, e.g. --lr {lowest / 1000:.0e}:{lowest / 10:.0e}")
+    else:
+        notes.append(f"Consider an upper --lr bound below {lowest:.3g}.")
+    return notes
