@@ -98,7 +98,7 @@ def machine() -> str:
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A small Markdown table (pastes straight into BENCHMARKS.md)."""
+    """A small Markdown table (pastes straight into docs/performance.md)."""
     print(f"\n### {title}\n")
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join(" --- " for _ in headers) + "|")

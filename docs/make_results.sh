@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates what README.md shows under "Reading the results" from a real search on digits:
-# docs/plot-history.png and docs/plot-stability.png, plus the table, the CSV excerpt and the retrain's summary
-# printed to stdout for pasting. Runs in a temporary folder, so no study of yours is touched. It took 50-57 s
+# Regenerates the results examples from a real search on digits: docs/plot-history.png and
+# docs/plot-stability.png (shown in docs/guide.md, "Reading the results"), plus the table (README.md's tour),
+# the CSV excerpt (docs/guide.md) and the retrain's summary (both pages) printed to stdout for pasting. Runs in a temporary folder, so no study of yours is touched. It took 50-57 s
 # on 2 cores (2026-11-27), and 21 s on a newer 2-core AMD EPYC (2026-11-30).
 #
 #   bash docs/make_results.sh            # the defaults below

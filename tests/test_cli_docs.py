@@ -45,7 +45,8 @@ def test_every_command_and_option_has_help() -> None:
     assert len(commands()) >= 4  # run, show, best, init at least: the walk above saw them
 
 
-@pytest.mark.parametrize("doc", ["README.md", "BENCHMARKS.md", "docs/cli.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/guide.md", "docs/how-it-works.md", "docs/performance.md",
+                                 "docs/cli.md", "bench/README.md", "bench/experiments/README.md"])
 def test_every_code_block_is_closed(doc: str) -> None:
     # An unclosed fence swallows the rest of the page into one code block (it once hid the README's "Speed" part).
     text = (ROOT / doc).read_text(encoding="utf-8")

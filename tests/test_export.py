@@ -27,7 +27,7 @@ EXPECTED_COLUMNS = [
     "duration_s", "diverged", "diverged_fold", "diverged_epoch", "diverged_lr", "l2_ratio", "l2_dominates",
     "n_params", "started", "completed",
 ]
-"""The README's column contract, spelled out, for a 2-fold study."""
+"""The CSV column contract of docs/guide.md, spelled out, for a 2-fold study."""
 
 NULLABLE_DTYPES = {
     "number": "Int64", "status": "string", "cv_mean": "Float64", "cv_std": "Float64", "fold_0": "Float64",

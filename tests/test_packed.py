@@ -134,7 +134,7 @@ def test_use_packing() -> None:
     cpu = torch.device("cpu")
     assert use_packing("on", cpu) is True
     assert use_packing("off", cpu) is False
-    assert use_packing("auto", cpu) is False  # measured slower on the CPU (BENCHMARKS.md)
+    assert use_packing("auto", cpu) is False  # measured slower on the CPU (docs/performance.md)
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
     assert use_packing("auto", cuda) is True  # measured faster on an H200
     assert use_packing("auto", cuda, "bf16") is False  # packing trains fp32 only

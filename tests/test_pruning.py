@@ -44,11 +44,10 @@ def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_st
 
 
 def test_the_margin_replay_in_bench_computes_what_behind_best_does(tmp_path: Path) -> None:
-    """``bench/replay_margin.py`` re-creates the behind-the-best check from dumped trials (the best, the means over
-    the folds seen, the spread rule on main); it must agree with
-    :func:`cnnsearch.search.pruning.behind_best`, stop for stop
-    and margin for margin."""
-    from bench.replay_margin import RULES, margin_check
+    """``bench/experiments/replay_margin.py`` re-creates the behind-the-best check from dumped trials (the best, the
+    means over the folds seen, the spread rule on main); it must agree with :func:`cnnsearch.search.pruning.behind_best`,
+    stop for stop and margin for margin."""
+    from bench.experiments.replay_margin import RULES, margin_check
     from cnnsearch.search.pruning import behind_best
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", direction="maximize")
@@ -83,11 +82,10 @@ def test_stop_note_names_the_epoch_where_the_study_recorded_it() -> None:
 
 
 def test_the_curve_replay_stops_a_trial_behind_the_best_curve_before_a_fold_end(tmp_path: Path) -> None:
-    """``bench/replay_curve.py`` compares each epoch but a fold's last with the best finished trial's accuracy at the
-    same step, with :func:`cnnsearch.search.pruning.behind_margin` over one fold; it must stop a trial far behind
-    that curve,
-    at the first such epoch, and let one level with it go on."""
-    from bench.replay_curve import first_stop
+    """``bench/experiments/replay_curve.py`` compares each epoch but a fold's last with the best finished trial's
+    accuracy at the same step, with :func:`cnnsearch.search.pruning.behind_margin` over one fold; it must stop a trial far
+    behind that curve, at the first such epoch, and let one level with it go on."""
+    from bench.experiments.replay_curve import first_stop
     from cnnsearch.search.pruning import behind_margin
 
     def row(number: int, curve: list[float], start: str, end: str, state: str = "COMPLETE") -> dict[str, object]:

@@ -259,10 +259,21 @@ def test_a_fixed_float_keeps_every_digit_through_file_and_stored_space(lr: float
     assert not math.isnan(lr)
 
 
-def test_readme_example_is_complete_and_reads_back_to_the_defaults(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    block = readme.split("This is what `cnnsearch init` writes:\n\n```toml\n", 1)[1].split("```", 1)[0]
-    hint = "README's example is stale: paste the file `cnnsearch init` writes"
-    assert load_config(write(tmp_path / "readme.toml", block)) == Config(), hint
+INIT_BEGIN, INIT_END = "<!-- init: begin -->\n```toml\n", "```\n<!-- init: end -->"
+
+
+def test_the_docs_init_example_is_what_init_writes(tmp_path: Path) -> None:
+    from cnnsearch.cli import _run_option_help
+
+    # The example sits between the init markers in exactly one page (docs/guide.md).
+    root = Path(__file__).resolve().parents[1]
+    pages = {name: (root / name).read_text(encoding="utf-8") for name in ("README.md", "docs/guide.md")}
+    holders = [name for name, text in pages.items() if INIT_BEGIN in text]
+    assert len(holders) == 1, f"the init example should be in one page, between the markers; found in {holders}"
+    page = holders[0]
+    block = pages[page].split(INIT_BEGIN, 1)[1].split(INIT_END, 1)[0]
+    hint = f"{page}'s init example is stale: paste the file `cnnsearch init` writes between the init markers"
+    assert block == init_text(_run_option_help()), hint
+    assert load_config(write(tmp_path / "example.toml", block)) == Config(), hint
     for f in dataclasses.fields(RunSettings):
         assert f"\n{f.name} = " in block or f"\n# {f.name} = " in block, hint

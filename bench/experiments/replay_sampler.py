@@ -12,9 +12,10 @@ plain TPE (weight 0). For each weight it reports:
 - the mean ``log l(x)/g(x)`` given up against plain TPE's pick (0 is none; TPE's own rating of the pick).
 
 No training runs: this shows what a weight would pick, not what the picks would score. The weight on main was
-chosen with it (BENCHMARKS.md); screen a new weight with ``bench_vs_script --only cnnsearch --cnnsearch-args``.
+chosen with it (docs/how-it-works.md, "Cost-aware TPE"); screen a new weight with
+``bench_vs_script --only cnnsearch --cnnsearch-args``.
 
-    python -m bench.replay_sampler 'bench/out/dumps/c5_*-cnnsearch-*.json' --weights 0.3 0.5 0.7 1
+    python -m bench.experiments.replay_sampler 'bench/out/dumps/c5_*-cnnsearch-*.json' --weights 0.3 0.5 0.7 1
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ The floors are cnnsearch's own, from the same search split and folds as the benc
 seed ``--seed + r``). The reference side has no floor, so its curves show what the trials at chance would have
 done next. First-order only: a trial stopped sooner frees its worker and changes what the sampler draws next.
 
-    python -m bench.replay_chance 'bench/out/dumps/vsd_share-*.json' --dataset digits --epochs 10
-    python -m bench.replay_chance 'bench/out/dumps/vsm_share-*.json' --dataset mnist --epochs 5 --max-samples 5000
+    python -m bench.experiments.replay_chance 'bench/out/dumps/vsd_share-*.json' --dataset digits --epochs 10
+    python -m bench.experiments.replay_chance 'bench/out/dumps/vsm_share-*.json' --dataset mnist --epochs 5 \\
+        --max-samples 5000
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ Timing is simulated, since the dumps hold each trial's seconds but not its start
 trials in number order, and a trial's folds end at equal shares of its seconds. It is a first-order replay: a trial
 stopped earlier would have freed its worker sooner and changed what TPE sampled next, which no replay can show.
 
-    python -m bench.replay_margin 'bench/out/dumps/vsm_*-cnnsearch-*.json' --val-size 1333
-    python -m bench.replay_margin 'bench/out/dumps/vsd_*-cnnsearch-*.json' --val-size 479
+    python -m bench.experiments.replay_margin 'bench/out/dumps/vsm_*-cnnsearch-*.json' --val-size 1333
+    python -m bench.experiments.replay_margin 'bench/out/dumps/vsd_*-cnnsearch-*.json' --val-size 479
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the others run alone; with ``--speedup S`` (the lone trial's speed-up on all the
 ``python bench/bench_workers.py --only tail``) that stretch is divided by S. Dumps made before the workers shared
 their cores give the saving; dumps made after already contain it, and show only how long the stretch was.
 
-    python -m bench.replay_tail 'bench/out/dumps/vsm_s[579]*-cnnsearch-*.json' --speedup 1.5
+    python -m bench.experiments.replay_tail 'bench/out/dumps/vsm_s[579]*-cnnsearch-*.json' --speedup 1.5
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Timing is the dump's own: a trial's step ``s`` ended at its start plus ``(s + 1)
 trial counts as finished from its end time. First-order only: a trial stopped sooner frees its worker and changes
 what the sampler draws next, which no replay can show.
 
-    python -m bench.replay_curve 'bench/out/dumps/b_s*-cnnsearch-*.json' --val-size 1333 --epochs 5
+    python -m bench.experiments.replay_curve 'bench/out/dumps/b_s*-cnnsearch-*.json' --val-size 1333 --epochs 5
 """
 
 from __future__ import annotations
