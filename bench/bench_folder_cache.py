@@ -28,7 +28,7 @@ import json, sys, time
 t0 = time.perf_counter()
 # Every cnnsearch run imports these anyway (torch to train, scikit-learn for the split and the folds): timed apart.
 import torch, sklearn.model_selection, PIL.Image
-from cnnsearch.data import load_dataset
+from cnnsearch.data.dataset import load_dataset
 start = time.perf_counter()
 ds = load_dataset(sys.argv[1], data_dir=sys.argv[2])
 print(json.dumps({"import_s": start - t0, "load_s": time.perf_counter() - start, "info": ds.info,

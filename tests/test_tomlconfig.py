@@ -263,7 +263,7 @@ INIT_BEGIN, INIT_END = "<!-- init: begin -->\n```toml\n", "```\n<!-- init: end -
 
 
 def test_the_docs_init_example_is_what_init_writes(tmp_path: Path) -> None:
-    from cnnsearch.cli import _run_option_help
+    from cnnsearch.cli.app import _run_option_help
 
     # The example sits between the init markers in exactly one page (docs/guide.md).
     root = Path(__file__).resolve().parents[1]
