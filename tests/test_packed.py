@@ -10,11 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
+from cnnsearch.config.settings import RunSettings
 from cnnsearch.data.dataset import fold_indices, load_dataset
 from cnnsearch.errors import CnnSearchError
+from cnnsearch.search.objective import use_packing
 from cnnsearch.training.divergence import Diverged
 from cnnsearch.training.fold import FoldResult, train_fold
-from cnnsearch.training.packed import train_folds_packed, use_packing
+from cnnsearch.training.packed import train_folds_packed
 from cnnsearch.training.params import TrialParams
 from tests.conftest import TINY
 
@@ -140,7 +142,7 @@ def test_use_packing() -> None:
     assert use_packing("auto", cuda, "bf16") is False  # packing trains fp32 only
     assert use_packing("off", cuda) is False
     with pytest.raises(CnnSearchError, match="--pack-folds: unknown value 'yes'; allowed: auto, on, off"):
-        use_packing("yes", cpu)
+        RunSettings(pack_folds="yes")  # type: ignore[arg-type]  # checked once, where settings are made
 
 
 def test_cli_pack_folds_on_gives_the_same_scores(runner: CliRunner) -> None:

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnsearch.cli.render import stop_note
-from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.settings import RunSettings
 from cnnsearch.search.pruning import chance_from, make_pruner, stuck
 from cnnsearch.store.rows import TrialRow
 
@@ -19,12 +19,12 @@ from cnnsearch.store.rows import TrialRow
                                             ("hyperband", optuna.pruners.HyperbandPruner),
                                             ("none", optuna.pruners.NopPruner)])
 def test_make_pruner_maps_the_option(name: str, kind: type) -> None:
-    assert isinstance(make_pruner(Config(run=RunSettings(pruner=name))), kind)  # type: ignore[arg-type]
+    assert isinstance(make_pruner(RunSettings(pruner=name)), kind)  # type: ignore[arg-type]
 
 
 def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_step(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize",
-                                pruner=make_pruner(Config(run=RunSettings(pruner="median"))))
+                                pruner=make_pruner(RunSettings(pruner="median")))
 
     def stopped(curve: list[float]) -> bool:
         trial = study.ask()
@@ -45,8 +45,8 @@ def test_the_median_pruner_waits_for_four_finished_trials_and_skips_the_first_st
 
 def test_the_margin_replay_in_bench_computes_what_behind_best_does(tmp_path: Path) -> None:
     """``bench/experiments/replay_margin.py`` re-creates the behind-the-best check from dumped trials (the best, the
-    means over the folds seen, the spread rule on main); it must agree with :func:`cnnsearch.search.pruning.behind_best`,
-    stop for stop and margin for margin."""
+    means over the folds seen, the spread rule on main); it must agree with
+    :func:`cnnsearch.search.pruning.behind_best`, stop for stop and margin for margin."""
     from bench.experiments.replay_margin import RULES, margin_check
     from cnnsearch.search.pruning import behind_best
 
@@ -83,8 +83,8 @@ def test_stop_note_names_the_epoch_where_the_study_recorded_it() -> None:
 
 def test_the_curve_replay_stops_a_trial_behind_the_best_curve_before_a_fold_end(tmp_path: Path) -> None:
     """``bench/experiments/replay_curve.py`` compares each epoch but a fold's last with the best finished trial's
-    accuracy at the same step, with :func:`cnnsearch.search.pruning.behind_margin` over one fold; it must stop a trial far
-    behind that curve, at the first such epoch, and let one level with it go on."""
+    accuracy at the same step, with :func:`cnnsearch.search.pruning.behind_margin` over one fold; it must stop a
+    trial far behind that curve, at the first such epoch, and let one level with it go on."""
     from bench.experiments.replay_curve import first_stop
     from cnnsearch.search.pruning import behind_margin
 

@@ -59,8 +59,9 @@ def test_without_an_image_or_inside_a_narrow_space_only_the_first_is_queued() ->
 def test_a_new_study_queues_them_once(side: int, n_trials: int, waiting: int) -> None:
     config = Config(run=RunSettings(study="q", n_trials=n_trials))
     data = images(side)
-    study = create_or_resume(config, data=data)
+    points = starting_points(config.space, data.image)
+    study = create_or_resume(config, data=data, starting_points=points)
     queued = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert [shape(t.system_attrs["fixed_params"]) for t in queued] == [(4, 32, 2.0), (5, 64, 1.0)][:waiting]
-    again = create_or_resume(config, data=data)  # a resume queues nothing more
+    again = create_or_resume(config, data=data, starting_points=points)  # a resume queues nothing more
     assert len(again.get_trials(deepcopy=False)) == waiting

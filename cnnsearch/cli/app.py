@@ -610,7 +610,8 @@ def main() -> None:
 
 def _before_exit() -> None:
     """Spare the interpreter's shutdown its last garbage collections over every object torch, scikit-learn and
-    Optuna made: 1.2 of the 1.5 s between a search's last line and its exit here (BENCHMARKS.md, issue 7, start-up).
+    Optuna made: 1.2 of the 1.5 s between a search's last line and its exit here (docs/performance.md, "Start-up and
+    exit").
 
     Frozen objects are skipped by those collections; atexit handlers still run, and so do the closings that
     reference counting does. What only a collection would have closed is closed first: the database connections,

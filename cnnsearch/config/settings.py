@@ -1,74 +1,128 @@
-"""RunSettings: how a search runs, one type per choice, validated once; and Config, settings plus space."""
+"""RunSettings: how a search runs, one type per choice, validated once; and Config, settings plus space.
+
+Each field carries its help text and the help panel it belongs to (:func:`option`), so the command line
+(:mod:`cnnsearch.cli.options`), ``cnnsearch init`` and the docs all read the same words. Every check names the
+option (or TOML key), the value given and what is allowed.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
 
-from cnnsearch.config.space import SearchSpace, build_space
+from cnnsearch.config import defaults
+from cnnsearch.config.space import MAX_LAYERS, SearchSpace, build_space
 from cnnsearch.data.sources import check_name
 from cnnsearch.errors import CnnSearchError
 
-PrunerName = Literal["median", "hyperband", "none"]
+
+class Pruner(StrEnum):
+    median = "median"
+    hyperband = "hyperband"
+    none = "none"
 
 
-DeviceName = Literal["auto", "cpu", "cuda"]
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
-PrecisionName = Literal["fp32", "bf16"]
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
-PackName = Literal["auto", "on", "off"]
+class PackFolds(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
-PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
-
-
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-
-
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-
-
-PACK_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
-
+STUDY, DATA, PRUNING, HARDWARE = "Study", "Data", "Pruning", "Hardware"
+"""The help panels of ``cnnsearch run --help`` (the space's dimensions form a fifth, "Search space")."""
 
 PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchnorm refuses bf16 activations "
                         "with float32 statistics); use --precision fp32 or --pack-folds off")
 
 
+def option(default: Any, help: str, panel: str, *, short: str | None = None, show_default: bool = True) -> Any:
+    """A RunSettings field with what its command-line option shows: help text, panel, short flag."""
+    return field(default=default, metadata={"help": help, "panel": panel, "short": short,
+                                            "show_default": show_default})
+
+
+def default_storage_url(study: str) -> str:
+    """The storage of a study when none is named: ``studies/<study>.db`` in the current folder."""
+    return f"sqlite:///studies/{study}.db"
+
+
 @dataclass(frozen=True)
 class RunSettings:
-    """How a search runs. ``FIXED_SETTINGS`` name those a study keeps for life."""
+    """How a search runs. :data:`FIXED_SETTINGS` name those a study keeps for life."""
 
-    study: str = "digits"  # study name; also names the SQLite file
-    storage: str | None = None  # Optuna storage URL; None -> sqlite:///studies/<study>.db
-    n_trials: int = 20  # finished trials the study should hold in total
-    folds: int = 3  # stratified k-fold cross-validation
-    epochs: int = 15  # epochs per fold
-    seed: int = 0  # seeds the sampler, the data split, weight init and batch order
-    pruner: PrunerName = "median"
-    behind_margin: float = 2.0  # standard errors behind the best trial at a fold's end that stop a trial; inf: off
-    cost_weight: float = 0.5  # exponent of a candidate's predicted epoch time in the sampler's choice; 0: plain TPE
-    dataset: str = "digits"
-    explode: float = 100.0  # diverged when loss > explode x the fold's first-step loss
-    test_fraction: float = 0.2  # held out for the final retrain; never seen by the search
-    max_samples: int | None = None  # stratified subsample of the data (quick runs, tests)
-    workers: int | None = None  # worker processes on this machine; None -> auto (see cnnsearch.search.workers)
-    allow_deep: bool = False  # permit more than MAX_LAYERS conv layers
-    threads: int | None = None  # torch intra-op threads per worker, fixed; None -> cores shared (workers.CoreShare)
-    timeout: float | None = None  # seconds from the start of this run; no new trial starts after it
-    data_dir: str | None = None  # torchvision files and the image-folder cache; None -> $CNNSEARCH_DATA_DIR or ~/.cache
-    download: bool = False  # let torchvision fetch missing dataset files
-    image_size: int | None = None  # resize every image to this square size (pixels); None keeps the source's
-    strict: bool = False  # an unreadable image in a folder is an error instead of a skipped file
-    device: DeviceName = "auto"  # where training runs; auto -> CUDA when torch.cuda.is_available(), else CPU
-    precision: PrecisionName = "fp32"  # fp32, or bf16 autocast (CUDA or the CPU)
-    pack_folds: PackName = "auto"  # train a trial's folds as one packed model; auto -> what bench_pack measured
+    study: str = option("digits", "Name of the study; also names its SQLite file.", STUDY, short="-s")
+    storage: str | None = option(
+        None, "Optuna storage URL. Default: sqlite:///studies/STUDY.db in the current folder.", STUDY)
+    n_trials: int = option(20, "Finished trials the study should hold in total (a resume runs only the missing "
+                               "ones).", STUDY, short="-n")
+    folds: int = option(3, "Stratified cross-validation folds.", STUDY)
+    epochs: int = option(15, "Training epochs per fold.", STUDY)
+    seed: int = option(0, "Seed for the sampler, the data split and training.", STUDY)
+    timeout: float | None = option(
+        None, "Stop starting new trials this many seconds after the command starts (running trials finish).",
+        STUDY)
+    pruner: Pruner = option(Pruner.median, "Stop hopeless trials early: median, hyperband or none (none also "
+                                           "lets trials at chance or behind the best train every fold).", PRUNING)
+    behind_margin: float = option(
+        defaults.BEHIND_MARGIN, "At the end of a fold, stop a trial whose mean accuracy so far is more than this "
+        "many standard errors below the best finished trial's on the same folds (before any has finished: the best "
+        "running trial's); inf turns this check off.", PRUNING)
+    explode: float = option(defaults.EXPLODE, "A trial diverges when its loss exceeds this multiple of its "
+                                              "first-step loss.", PRUNING)
+    cost_weight: float = option(
+        defaults.COST_WEIGHT, "How much the sampler favours fast configurations: among the candidates TPE draws "
+        "it keeps the one with the largest l(x)/g(x) / (predicted epoch time)^this; 0 is plain TPE.", PRUNING)
+    dataset: str = option(
+        "digits", "Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "
+        "cifar10 or cifar100 (torchvision, in --data-dir); folder:PATH (one subfolder of images per class); "
+        "npz:PATH (arrays x and y).", DATA)
+    data_dir: str | None = option(
+        None, "Folder for torchvision's dataset files (in torchvision's layout) and the decoded-image cache. "
+        "Default: $CNNSEARCH_DATA_DIR, else ~/.cache/cnnsearch.", DATA)
+    download: bool = option(False, "Let torchvision download missing dataset files; without it nothing is "
+                                   "fetched.", DATA)
+    image_size: int | None = option(None, "Resize every image to this many pixels square. Default: keep the "
+                                          "images' size (a folder of mixed sizes needs it).", DATA)
+    strict: bool = option(False, "Stop at an unreadable image in a folder instead of skipping it with a "
+                                 "warning.", DATA)
+    test_fraction: float = option(0.2, "Share of the data held out for the final retrain; the search never sees "
+                                       "it. Sources with an official test split (torchvision datasets, NPZ with "
+                                       "x_test) keep theirs.", DATA)
+    max_samples: int | None = option(None, "Search on a stratified subsample of this many images (quick trial "
+                                           "runs).", DATA)
+    allow_deep: bool = option(False, f"Allow more than {MAX_LAYERS} conv layers.", "Search space")
+    workers: int | None = option(
+        None, "Worker processes on this machine: a number, or auto for one per core "
+        f"({defaults.CUDA_WORKERS} on CUDA; at most one per trial left), each with cores / workers torch threads; a "
+        "worker with nothing left to start leaves its cores to those still training.", HARDWARE)
+    threads: int | None = option(None, "Torch threads per worker, fixed. Default: cores / workers, and the cores "
+                                       "of workers with nothing left to start go to those still training.", HARDWARE)
+    device: Device = option(Device.auto, "Where to train: cpu, cuda, or auto (CUDA when torch finds a GPU, else the "
+                                         "CPU). Results do not depend on the device beyond float noise.", HARDWARE)
+    precision: Precision = option(Precision.fp32, "Training precision: fp32, or bf16 (autocast, on CUDA or the CPU; "
+                                                  "stored with the study).", HARDWARE)
+    pack_folds: PackFolds = option(
+        PackFolds.auto, "Train the folds of a trial as one packed model (torch.func vmap): on, off, or auto (what "
+        "the benchmarks measured faster: on for CUDA in fp32, off on the CPU).", HARDWARE)
 
     def __post_init__(self) -> None:
+        for name, kind in (("pruner", Pruner), ("device", Device), ("precision", Precision),
+                           ("pack_folds", PackFolds)):
+            object.__setattr__(self, name, choice(kind, getattr(self, name), f"--{name.replace('_', '-')}"))
         checks: list[tuple[str, bool, str]] = [
             ("--n-trials", self.n_trials >= 1, "at least 1"),
             ("--folds", self.folds >= 2, "at least 2"),
@@ -78,38 +132,43 @@ class RunSettings:
             ("--behind-margin", self.behind_margin > 0, "a positive number of standard errors (inf: off)"),
             ("--cost-weight", 0 <= self.cost_weight < math.inf, "a finite number, 0 or more (0: plain TPE)"),
             ("--test-fraction", 0 <= self.test_fraction < 1, "in [0, 1)"),
+            ("--max-samples", self.max_samples is None or self.max_samples >= 2, "at least 2"),
+            ("--timeout", self.timeout is None or self.timeout > 0, "a positive number of seconds"),
+            ("--workers", self.workers is None or self.workers >= 1, "at least 1 or auto"),
+            ("--threads", self.threads is None or self.threads >= 1, "at least 1"),
+            ("--image-size", self.image_size is None or self.image_size >= 4, "at least 4 (pixels)"),
         ]
         for label, ok, allowed in checks:
             if not ok:
                 attr = label[2:].replace("-", "_")
                 raise CnnSearchError(f"{label} must be {allowed} but got {getattr(self, attr)}")
-        if self.pruner not in PRUNERS:
-            raise CnnSearchError(f"--pruner: unknown pruner {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
-        for label, value, allowed_values in (("--device", self.device, DEVICES),
-                                             ("--precision", self.precision, PRECISIONS),
-                                             ("--pack-folds", self.pack_folds, PACK_SETTINGS)):
-            if value not in allowed_values:
-                raise CnnSearchError(f"{label}: unknown value {value!r}; allowed: {', '.join(allowed_values)}")
-        if self.pack_folds == "on" and self.precision != "fp32":
+        if self.pack_folds == PackFolds.on and self.precision != Precision.fp32:
             raise CnnSearchError(PACK_PRECISION_ERROR)
-        if self.max_samples is not None and self.max_samples < 2:
-            raise CnnSearchError(f"--max-samples must be at least 2 but got {self.max_samples}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise CnnSearchError(f"--timeout must be a positive number of seconds but got {self.timeout}")
-        if self.workers is not None and self.workers < 1:
-            raise CnnSearchError(f"--workers must be at least 1 or auto but got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise CnnSearchError(f"--threads must be at least 1 but got {self.threads}")
-        if self.image_size is not None and self.image_size < 4:
-            raise CnnSearchError(f"--image-size must be at least 4 (pixels) but got {self.image_size}")
         check_name(self.dataset)
         if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
             raise CnnSearchError(f"--study: {self.study!r} is not a valid name; use letters, digits, - and _")
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///studies/{self.study}.db"
+        return self.storage or default_storage_url(self.study)
 
+
+def choice(kind: type[StrEnum], value: Any, label: str) -> Any:
+    """``value`` as a member of ``kind``; anything else names the value and the members."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise CnnSearchError(f"{label}: unknown value {value!r}; allowed: {allowed}") from None
+
+
+def setting_help(name: str) -> str:
+    """The help text of the RunSettings field ``name``."""
+    return str(SETTING_FIELDS[name].metadata["help"])
+
+
+SETTING_FIELDS = {f.name: f for f in fields(RunSettings)}
+"""RunSettings' fields by name, with the help and panel of each in ``metadata``."""
 
 FIXED_SETTINGS: tuple[str, ...] = ("dataset", "folds", "epochs", "seed", "explode", "test_fraction",
                                    "max_samples", "image_size", "precision")
@@ -117,6 +176,12 @@ FIXED_SETTINGS: tuple[str, ...] = ("dataset", "folds", "epochs", "seed", "explod
 
 ``device`` and ``pack_folds`` are not among them: they change results by float noise only. ``precision`` is:
 bf16 changes them by more."""
+
+MACHINE_SETTINGS: tuple[str, ...] = ("data_dir", "download", "strict", "workers", "threads", "device",
+                                     "pack_folds")
+"""Settings of this machine rather than of the study: commands that open an existing study (``worker``,
+``retrain``, ``evaluate``) take them from their own options, since the machine that made the study may keep its
+data elsewhere or train on another device."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +193,13 @@ class Config:
 
     def fixed_settings(self) -> dict[str, Any]:
         """What the study stores and checks on resume."""
-        out: dict[str, Any] = {k: getattr(self.run, k) for k in FIXED_SETTINGS}
+        out: dict[str, Any] = {k: _plain(getattr(self.run, k)) for k in FIXED_SETTINGS}
         out["space"] = self.space.to_dict()
         return out
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
 
 
 def settings_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

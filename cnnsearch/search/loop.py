@@ -11,24 +11,24 @@ from typing import TYPE_CHECKING
 from cnnsearch.config.settings import Config, RunSettings
 from cnnsearch.runtime.cores import IDLE, PARKED, TRAINING, cpu_cores, set_threads, warm_up
 from cnnsearch.search.events import Emit, SearchResult, TrialFinished, ignore
-from cnnsearch.search.objective import make_objective
-from cnnsearch.search.sampler import make_sampler
-from cnnsearch.store.record import create_or_resume, finished_count
+from cnnsearch.store.record import finished_count
 from cnnsearch.store.rows import TrialRow, row_of, trial_rows
-from cnnsearch.store.storage import open_storage, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
 
     from cnnsearch.runtime.cores import CoreSlot
+    from cnnsearch.search.setup import Setup
 
-
-POLL_INTERVAL = 0.5  # seconds between checks while the trials left are running on other workers (the last
+POLL_INTERVAL = 0.5
+"""Seconds between checks while the trials left are running on other workers (the last worker to finish ends the
+run at most this long after its last trial)."""
 
 
 def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, worker: int = 0,
                heartbeat: bool = True, ready: Callable[[], None] | None = None,
-               deadline: float | None = None, cores: CoreSlot | None = None) -> SearchResult:
+               deadline: float | None = None, cores: CoreSlot | None = None,
+               setup: Setup | None = None) -> SearchResult:
     """Run (or resume) the study until it holds ``config.run.n_trials`` finished trials in total.
 
     One worker's loop; several processes or machines may run it on one study at once. Before each trial it
@@ -46,37 +46,31 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         ready: Called once this worker is set up (data loaded, study opened), before its first trial: local
             workers wait there for each other, so that the first one up does not take every trial.
         deadline: The ``time.time()`` after which no trial starts (``--timeout`` counted from when the command
-            started, set by :func:`cnnsearch.search.workers.run_workers`); None: ``config.run.timeout`` from this call.
+            started, set by :func:`cnnsearch.search.workers.run_workers`); None: ``config.run.timeout`` from this
+            call.
         cores: This worker's place among the local workers that share the machine's cores
             (:class:`cnnsearch.runtime.cores.CoreShare`): its state is kept there, and its torch threads follow the
             cores the other workers leave free. None: ``config.run.threads`` throughout.
+        setup: What :func:`~cnnsearch.search.setup.set_up` made in this process already (``run_workers`` with one
+            worker); None: set up here.
 
     Raises:
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.runtime.interrupts.handled`):
             the current trial is FAIL with the ``interrupted`` attribute, and queued again.
     """
-    import optuna
-
-    from cnnsearch.data.dataset import dataset_for, fold_indices, on_device
     from cnnsearch.runtime import interrupts
-    from cnnsearch.search.pruning import make_pruner
+    from cnnsearch.search.objective import Objective
+    from cnnsearch.search.setup import arm, set_up
     from cnnsearch.store.claim import TrialClaim
-    from cnnsearch.store.recovery import recover_dead_trials
-    from cnnsearch.training.device import resolve_device
+    from cnnsearch.store.storage import sqlite_path
 
     run = config.run
-    device = resolve_device(run.device)
     set_threads(run.threads or max(1, cpu_cores() // (run.workers or 1)))
     warm_up()
     # Loaded, split and moved to the device once per process; every fold of every trial indexes into it.
-    data = on_device(dataset_for(run), device)
-    fold_indices(data.y.cpu().numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
-    study = create_or_resume(config, widen=widen, data=data, storage=storage)
-    study.sampler = make_sampler(config, worker, history=len(study.get_trials(deepcopy=False)),
-                             image=data.image)
-    study.pruner = make_pruner(config)
+    setup = setup or set_up(config, widen=widen, heartbeat=heartbeat)
+    data, plan, pruner = arm(config, setup, worker)
+    study, storage = setup.study, setup.storage
     done, _ = finished_count(study)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
 
@@ -87,9 +81,6 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
             best = None
         emit(TrialFinished(row_of(trial), best))
 
-    if ready is not None:
-        ready()
-
     def share(state: int) -> None:
         if cores is not None:
             cores.set(state)
@@ -98,21 +89,18 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         if cores is not None:
             set_threads(cores.threads())
 
+    if ready is not None:
+        ready()
+    if deadline is None:
+        deadline = math.inf if run.timeout is None else time.time() + run.timeout
     with TrialClaim(storage, run.study, sqlite_path(run.storage_url)) as claim:
-        objective = make_objective(config, data, emit, storage=storage, on_start=claim.release,
-                                   fit_threads=fit_threads)
-        if deadline is None:
-            deadline = math.inf if run.timeout is None else time.time() + run.timeout
+        objective = Objective(config, data, plan, emit, pruner, storage=storage, on_start=claim.release,
+                              fit_threads=fit_threads)
         while time.time() < deadline:
             interrupts.checkpoint()
             claim.acquire()
             try:
-                recover_dead_trials(study, storage)
-                if heartbeat:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        optuna.storages.fail_stale_trials(study)
-                done, running = finished_count(study)
+                done, running = claim_turn(study, storage, heartbeat)
                 if done >= run.n_trials:
                     break
                 if done + running < run.n_trials:
@@ -133,6 +121,21 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
     if done < run.n_trials and run.timeout is not None:
         result.notes.append(timeout_note(run, done))
     return result
+
+
+def claim_turn(study: optuna.Study, storage: optuna.storages.RDBStorage, heartbeat: bool) -> tuple[int, int]:
+    """Holding the claim: re-queue trials of dead workers (at once for this machine, after the heartbeat grace
+    period for others); return (finished, running) trials."""
+    import optuna
+
+    from cnnsearch.store.recovery import recover_dead_trials
+
+    recover_dead_trials(study, storage)
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    return finished_count(study)
 
 
 def timeout_note(run: RunSettings, done: int) -> str:

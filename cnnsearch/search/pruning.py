@@ -1,8 +1,8 @@
-"""When to stop a trial early: the pruner Optuna consults after every epoch, and the two checks of each fold but
-the last (no better than chance, from half of the fold on where the training loss is not rising; clearly behind
-the best trial, at the fold's end).
+"""When to stop a trial early: the pruner Optuna consults after every epoch, wrapped in the fold-end pruner that
+adds cnnsearch's two checks of each fold but the last (no better than chance, from half of the fold on where the
+training loss is not rising; clearly behind the best trial, at the fold's end).
 
-Imported lazily (it imports Optuna), from the objective and from where a study is opened.
+See docs/how-it-works.md, "Pruning" and "The fold-end checks".
 """
 
 from __future__ import annotations
@@ -10,27 +10,118 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
+from cnnsearch.config.defaults import CHANCE_FROM_SHARE, PRIOR_SPREAD, STARTUP_PRUNING_TRIALS
+
 if TYPE_CHECKING:
     import torch
 
-    from cnnsearch.config.settings import Config
+    from cnnsearch.config.settings import RunSettings
+
+LOSS_ATTR = "train_loss"
+"""Trial attribute with the epoch just trained and its mean training loss, ``{"fold", "epoch", "loss"}``: the
+objective writes it before it asks :meth:`FoldEndPruner.prune`, which judges that epoch (packed folds report out of
+step order) and reads the loss for the stuck-at-chance check."""
 
 
-def make_pruner(config: Config) -> optuna.pruners.BasePruner:
-    """The Optuna pruner that ``--pruner`` names."""
-    run = config.run
+def make_pruner(run: RunSettings) -> optuna.pruners.BasePruner:
+    """The Optuna pruner that ``--pruner`` names (without cnnsearch's fold-end checks: :class:`FoldEndPruner`).
+
+    Global steps run over all folds (``fold * epochs + epoch``). The median pruner compares a trial from its second
+    epoch on, once :data:`~cnnsearch.config.defaults.STARTUP_PRUNING_TRIALS` trials have finished.
+    """
     if run.pruner == "median":
-        # Global steps run over all folds. After 4 trials, a trial is compared from its second epoch on. (A warm-up
-        # over half the first fold let every hopeless trial train 5 of 10 epochs before it could be stopped.)
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=STARTUP_PRUNING_TRIALS, n_warmup_steps=1)
     if run.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=run.folds * run.epochs)
     return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a trial was stopped, for its attributes and its message."""
+
+    fold: int
+    epoch: int
+    at_chance: dict[str, Any] | None = None  # the fold scored no better than chance
+    behind: dict[str, Any] | None = None  # clearly behind the best trial (:func:`behind_best`'s evidence)
+
+    @property
+    def reason(self) -> str:
+        if self.at_chance is not None:
+            why = "no better than chance"
+        elif self.behind is not None:
+            why = f"behind trial {self.behind['best_trial']}"
+        else:
+            why = "pruned"
+        return f"{why} at fold {self.fold}, epoch {self.epoch}"
+
+
+@dataclass
+class FoldEndPruner(optuna.pruners.BasePruner):
+    """``inner`` (the pruner ``--pruner`` names) plus two checks of each fold but the last.
+
+    A fold no better than always answering the commonest class (:func:`chance_floor`) will not be rescued by the
+    others: such a trial stops at the fold's end, or from :func:`chance_from` on where its training loss is flat
+    (:func:`stuck`; a rising loss may yet diverge, and must be recorded so). And a trial clearly behind the best
+    finished trial on the same folds (:func:`behind_best`) would need its remaining folds to beat that trial's by
+    more than noise: the median pruner lets such trials finish, once most trials are good.
+
+    A fold counts as ended once its score is in the trial's ``fold_scores`` attribute; folds trained together
+    (packed) all end at once, before any is recorded, and are judged at chance only. With ``checks`` False
+    (``--pruner none``) only ``inner`` decides. Why the last trial stopped is kept in :attr:`verdicts`.
+    """
+
+    inner: optuna.pruners.BasePruner
+    folds: int
+    epochs: int
+    floors: Sequence[float]  # the chance floor of each fold's validation images
+    sizes: Sequence[int]  # validation images per fold
+    n_classes: int
+    behind_margin: float = 2.0
+    checks: bool = True
+    verdicts: dict[int, Verdict] = field(default_factory=dict)
+
+    def prune(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if not trial.intermediate_values:
+            return False
+        # The epoch just reported: the one the loss attribute names (packed folds report out of step order),
+        # else the last step.
+        loss = trial.user_attrs.get(LOSS_ATTR)
+        step = max(trial.intermediate_values)
+        if isinstance(loss, dict) and loss["fold"] * self.epochs + loss["epoch"] in trial.intermediate_values:
+            step = loss["fold"] * self.epochs + loss["epoch"]
+        fold, epoch = divmod(step, self.epochs)
+        verdict = self.judge(study, trial, fold, epoch, trial.intermediate_values[step])
+        if verdict is None and self.inner.prune(study, trial):
+            verdict = Verdict(fold, epoch)
+        if verdict is not None:
+            self.verdicts[trial.number] = verdict
+        return verdict is not None
+
+    def judge(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial, fold: int, epoch: int,
+              accuracy: float) -> Verdict | None:
+        """The fold-end checks alone, after ``epoch`` of ``fold`` scored ``accuracy``."""
+        if not self.checks or fold >= self.folds - 1:  # the last fold is judged by the mean, not by these
+            return None
+        fold_end = epoch == self.epochs - 1
+        loss = trial.user_attrs.get(LOSS_ATTR)
+        flat = (isinstance(loss, dict) and loss.get("fold") == fold and loss.get("epoch") == epoch
+                and stuck(float(loss["loss"]), self.n_classes))
+        if (fold_end or (epoch >= chance_from(self.epochs) and flat)) and accuracy <= self.floors[fold]:
+            return Verdict(fold, epoch, at_chance={"fold": fold, "epoch": epoch, "accuracy": accuracy,
+                                                   "floor": self.floors[fold]})
+        scores = trial.user_attrs.get("fold_scores")
+        if fold_end and isinstance(scores, list) and len(scores) == fold + 1:
+            behind = behind_best(study, scores, self.sizes, self.folds, self.behind_margin)
+            if behind is not None:
+                return Verdict(fold, epoch, behind=behind)
+        return None
 
 
 def chance_floor(y_val: torch.Tensor) -> float:
@@ -46,11 +137,9 @@ loss of a uniform guess) is stuck; above it, the loss may be on its way to a div
 
 
 def chance_from(epochs: int) -> int:
-    """The first epoch (0-based) of a fold at which the chance floor is checked before the fold's end: half of the
-    fold, the second epoch at the earliest. In the curves replayed in BENCHMARKS.md, trials at chance early in a
-    fold often learned later in it (on digits, one at chance after epoch 2 of 10 ended at 99.5%); of those at
-    chance from half of a fold on, none ended above 17%."""
-    return max(1, math.ceil(epochs / 2) - 1)
+    """The first epoch (0-based) of a fold at which the chance floor is checked before the fold's end: after
+    :data:`~cnnsearch.config.defaults.CHANCE_FROM_SHARE` of the fold, the second epoch at the earliest."""
+    return max(1, math.ceil(epochs * CHANCE_FROM_SHARE) - 1)
 
 
 def stuck(train_loss: float, n_classes: int) -> bool:
@@ -61,9 +150,6 @@ def stuck(train_loss: float, n_classes: int) -> bool:
     return train_loss <= STUCK_LOSS * math.log(max(2, n_classes))
 
 
-PRIOR_SPREAD = 0.075
-"""The training noise between folds assumed while no trial has finished to measure it: a little above the fold
-spread of the most uneven good MNIST configuration seen (0.79, 0.95 and 0.94: a standard deviation of 0.073)."""
 
 
 def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int,
@@ -74,7 +160,8 @@ def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int]
     means over the same ``m`` folds, and it counts two kinds of noise:
     - sampling: the validation images of those folds (``sizes`` per fold), at the best trial's accuracy;
     - training: one configuration scores differently on different folds (on MNIST, 0.79, 0.95 and 0.94 for one
-      configuration; see BENCHMARKS.md). Its variance is estimated by :func:`fold_spread` over the finished trials.
+      configuration; docs/how-it-works.md, "The fold-end checks"). Its variance is estimated by :func:`fold_spread`
+      over the finished trials.
     The rest of the folds would then have to lift the trial's mean by more than noise to win.
 
     While no trial has finished, the reference is the running trial with the best mean over the same ``m`` folds

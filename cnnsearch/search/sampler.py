@@ -9,7 +9,8 @@ the trials so far rate about equally, the faster one is taken, and a candidate `
 A full "expected improvement per second" (Snoek et al., 2012) with TPE's expected improvement,
 ``1 / (γ + (1 - γ) g/l)`` (Bergstra et al., 2011), was measured first and is not what this does: that EI saturates at
 ``1 / γ``, so almost every candidate from ``l(x)`` looked equally promising and the cheapest won. On MNIST it
-picked 2- to 4-layer width-16 nets, which the pruner stopped, and no trial beat the first (BENCHMARKS.md).
+picked 2- to 4-layer width-16 nets, which the pruner stopped, and no trial beat the first (docs/how-it-works.md,
+"Cost-aware TPE").
 
 The time of an epoch is predicted from the conv multiply-adds of one image (:func:`conv_macs`) and the batch size:
 ``log seconds = a + b log macs + c log batch``, fitted by least squares to the trials of the study (their duration
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 import warnings
 
+from cnnsearch.config.defaults import PRIOR_SLOPES
 from cnnsearch.config.settings import Config
 
 if TYPE_CHECKING:
@@ -50,9 +52,6 @@ COST_DIMS = ("layers", "width", "growth", "batch_size")
 """The dimensions the time of an epoch depends on."""
 
 
-PRIOR_SLOPES = (0.8, 0.0)
-"""``(b, c)`` before the fit: seconds per epoch ~ macs**0.8 on 28x28 MNIST (R² 0.97 over 240 trials of
-BENCHMARKS.md's rounds; 0.56 with a batch slope of -0.19 on 8x8 digits, where per-step overhead weighs more)."""
 
 
 SLOPE_BOUNDS = ((0.3, 1.2), (-1.0, 0.3))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from cnnsearch.config.defaults import SECOND_POINT_MAX_MACS
 from cnnsearch.config.space import DIMS, SearchSpace
 from cnnsearch.training.params import TrialParams, params_from_dict
 
@@ -62,15 +63,10 @@ SECOND_POINT: dict[str, Any] = {
     "pooling": "avg",
 }
 """The other shape, wide and constant in width, queued second where its convolutions are cheap
-(:data:`SECOND_POINT_MAX_MACS`). On digits the reference searches of BENCHMARKS.md found their bests at width 64
+(:data:`SECOND_POINT_MAX_MACS`). On digits the reference searches found their bests at width 64
 and ``growth`` 1.0, where TPE building on :data:`STARTING_POINT` alone seldom went."""
 
 
-SECOND_POINT_MAX_MACS = 16e6
-"""Conv multiply-adds per image up to which :data:`SECOND_POINT` is queued: 5.9 M on 8x8 digits and 14.9 M on
-16x16 grey images are under it, 45.6 M on 28x28 MNIST is not. On MNIST the point cost 2.5 times the first's
-multiply-adds and, being good, drew TPE to width 64, halving the speed of the search (BENCHMARKS.md, section 2).
-A bound fitted to those two datasets."""
 
 
 def _moved(values: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:

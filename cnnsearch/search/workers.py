@@ -24,7 +24,7 @@ CUDA, so each worker starts CUDA in a clean process without importing anything a
 be forked for CUDA: checking ``torch.cuda.is_available()`` already starts the CUDA driver there. On an H200 a
 spawned worker spent 4.5-7.5 s importing torch alone, and four importing at once left a 1-epoch MNIST search
 29.5 s of its 33.2 s outside its trials; from the forkserver, the same search spent 18.9 s outside its trials
-where spawned workers spent 24.4 s, measured in turn (BENCHMARKS.md, issue 7, section 7). On 2 CPU cores the
+where spawned workers spent 24.4 s, measured in turn (docs/performance.md, "Workers"). On 2 CPU cores the
 forkserver was slower than forking the main process (11.5 s against 7.2 s outside the trials). When the run is
 likely to use CUDA (``--device cuda`` or ``auto``, where the NVIDIA driver is loaded) the server is started
 first, so its imports run alongside the main process's own. Elsewhere (macOS frameworks are not fork-safe) the
@@ -57,6 +57,7 @@ import zlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from cnnsearch.config.defaults import CUDA_WORKERS
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.runtime.cores import PARKED, CoreShare, CoreSlot
 from cnnsearch.search.events import Emit, SearchResult, TrialFinished, ignore
@@ -108,10 +109,6 @@ class WorkerFailed:
     exit_code: int
 
 
-CUDA_WORKERS = 4
-"""``--workers auto`` on CUDA: on an H200 with 16 cores, 4 workers finished the MNIST benchmark search in 27.6 s
-at 96.87% where 16 took 35.9 s at 95.53% (each started CUDA in its own process, and TPE drew 16 trials almost
-blind); on digits 2, 4 and 16 workers took 38.5, 41.0 and 41.3 s (BENCHMARKS.md, issue 7, section 7)."""
 
 
 def resolve_workers(requested: int | None, trials_left: int, cores: int, device_type: str = "cpu") -> int:
@@ -157,28 +154,24 @@ def run_workers(config: Config, emit: Emit = ignore, *, widen: bool = False, fir
             and os.environ.get(START_ENV, "forkserver") == "forkserver":
         start_forkserver()  # likely to be used: its imports run while this process imports torch and loads the data
 
-    import optuna
     import torch
 
-    from cnnsearch.data.dataset import dataset_for, fold_indices
     from cnnsearch.runtime.cores import cpu_cores, set_threads, warm_up
     from cnnsearch.search.loop import run_search
-    from cnnsearch.store.record import create_or_resume, finished_count
+    from cnnsearch.search.setup import set_up
+    from cnnsearch.store.record import finished_count
     from cnnsearch.store.recovery import recover_dead_trials
-    from cnnsearch.store.storage import open_storage
     from cnnsearch.training.device import resolve_device
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(run.device)  # --device cuda without CUDA: refuse before storage
     method = start_method(device.type)
     threads_before = torch.get_num_threads()
     if method == "fork":
         set_threads(1)  # before any torch work here: workers forked later inherit no OpenMP thread pool
         warm_up()  # imported once here instead of once per worker
-    data = dataset_for(run)  # cached per process: the in-process worker, and forked workers, reuse it
-    fold_indices(data.y.numpy(), run.folds, run.seed)  # too many folds for the data: refuse before storage
-    storage = open_storage(run.storage_url, create=True, heartbeat=True)
-    study = create_or_resume(config, widen=widen, storage=storage, data=data)
+    # The data is cached per process: forked workers inherit it.
+    setup = set_up(config, widen=widen, device=device)
+    study, storage = setup.study, setup.storage
     recover_dead_trials(study, storage)
     done, running = finished_count(study)
     cores = cpu_cores()
@@ -186,7 +179,7 @@ def run_workers(config: Config, emit: Emit = ignore, *, widen: bool = False, fir
     share = run.threads is None  # --threads fixes each worker's threads; else the workers share the cores
     config = replace(config, run=replace(run, workers=n, threads=run.threads or max(1, cores // n)))
     if n == 1:
-        return run_search(config, emit, widen=widen, worker=first_worker, deadline=deadline)
+        return run_search(config, emit, widen=widen, worker=first_worker, deadline=deadline, setup=setup)
     most = cores if share else config.run.threads or 1  # the most threads a worker may use
     if method == "fork" and most > 1 and not fork_keeps_threads():
         # This process holds an OpenMP pool: a forked worker would hang on more than one thread. Workers of one

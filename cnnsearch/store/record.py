@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cnnsearch.config.settings import Config, RunSettings, settings_differences
 from cnnsearch.config.space import space_from_dict
 from cnnsearch.errors import RUNTIME, CnnSearchError
-from cnnsearch.search.sampler import make_sampler
 from cnnsearch.store.storage import load_study, open_storage
 
 if TYPE_CHECKING:
@@ -37,28 +37,27 @@ def finished_count(study: optuna.Study) -> tuple[int, int]:
 
 
 def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = False,
-                     data: Dataset | None = None, storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
+                     data: Dataset | None = None, storage: optuna.storages.RDBStorage | None = None,
+                     starting_points: Sequence[Mapping[str, Any]] = ()) -> optuna.Study:
     """Create the study, or load it and refuse if its fixed settings differ from ``config``.
 
     With ``data``, its :meth:`~cnnsearch.data.dataset.Dataset.record` (content, shape and the exact split) is part of
     the fixed settings, so a resume on changed images or another split is refused. Also records the target and
-    pruner settings (:data:`RUN_ATTR`) for ``cnnsearch worker``.
+    pruner settings (:data:`RUN_ATTR`) for ``cnnsearch worker``. A new study queues ``starting_points`` (at most
+    ``n_trials`` of them) as its first trials. The study comes with Optuna's default sampler and pruner: the search
+    sets its own (:mod:`cnnsearch.search.loop`).
     """
     import optuna
-
-    from cnnsearch.search.pruning import make_pruner
 
     run = config.run
     storage = storage or open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     created = False
     try:
         try:
-            study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize",
-                                        sampler=make_sampler(config, 0), pruner=make_pruner(config))
+            study = optuna.create_study(study_name=run.study, storage=storage, direction="maximize")
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=run.study, storage=storage, sampler=make_sampler(config, 0),
-                                      pruner=make_pruner(config))
+            study = optuna.load_study(study_name=run.study, storage=storage)
     except Exception as exc:  # sqlalchemy and driver errors: report, never a traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CnnSearchError(f"--storage: cannot create study {run.study!r}: {first}", exit_code=RUNTIME) from None
@@ -77,13 +76,10 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, wanted)
         study.set_user_attr(RUN_ATTR, run_attrs)
-        from cnnsearch.search.suggest import starting_points
-
         # Only the run that created the study queues the starting points, so they run once.
         if created or not study.get_trials(deepcopy=False):
-            image = None if data is None else data.image
-            for point in starting_points(config.space, image)[:run.n_trials]:
-                study.enqueue_trial(point, skip_if_exists=True)
+            for point in list(starting_points)[:run.n_trials]:
+                study.enqueue_trial(dict(point), skip_if_exists=True)
         return study
     diffs = settings_differences(stored, wanted)
     if diffs:
@@ -110,9 +106,14 @@ def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = Fa
     return study
 
 
-def stored_config(name: str, url: str) -> Config:
-    """The config of an existing study, read from storage: what ``cnnsearch worker`` runs."""
-    from cnnsearch.config.settings import FIXED_SETTINGS
+def stored_config(name: str, url: str, machine: Mapping[str, Any] | None = None) -> Config:
+    """The config of an existing study, read from storage: what ``cnnsearch worker`` runs and ``retrain`` rebuilds.
+
+    ``machine`` sets the settings of this machine (:data:`~cnnsearch.config.settings.MACHINE_SETTINGS`: where the
+    data lies, the device, the workers), which the study does not keep.
+    """
+    from cnnsearch.config import defaults
+    from cnnsearch.config.settings import FIXED_SETTINGS, MACHINE_SETTINGS
 
     study = load_study(name, url)
     attrs = study.user_attrs
@@ -121,7 +122,8 @@ def stored_config(name: str, url: str) -> Config:
         raise CnnSearchError(f"--study: {name!r} in {url} was not created by cnnsearch run (it lacks the "
                              f"{SETTINGS_ATTR!r} and {RUN_ATTR!r} study attributes)")
     fixed = {k: settings[k] for k in FIXED_SETTINGS if k in settings}
+    here = {k: v for k, v in (machine or {}).items() if k in MACHINE_SETTINGS and v is not None}
     run = RunSettings(study=name, storage=url, n_trials=int(run_attrs["n_trials"]), pruner=run_attrs["pruner"],
-                      behind_margin=float(run_attrs.get("behind_margin", RunSettings.behind_margin)),
-                      cost_weight=float(run_attrs.get("cost_weight", RunSettings.cost_weight)), **fixed)
+                      behind_margin=float(run_attrs.get("behind_margin", defaults.BEHIND_MARGIN)),
+                      cost_weight=float(run_attrs.get("cost_weight", defaults.COST_WEIGHT)), **fixed, **here)
     return Config(run=run, space=space_from_dict(settings["space"]))

@@ -20,7 +20,6 @@ import contextlib
 import torch
 from torch import nn
 
-from cnnsearch.config.settings import DEVICES, PRECISIONS
 from cnnsearch.errors import CnnSearchError
 
 
@@ -28,10 +27,8 @@ def resolve_device(name: str) -> torch.device:
     """The device for ``--device``: ``auto`` is CUDA when ``torch.cuda.is_available()``, else the CPU.
 
     Raises:
-        CnnSearchError: ``cuda`` was asked for on a machine where CUDA is not available, or the name is unknown.
+        CnnSearchError: ``cuda`` was asked for on a machine where CUDA is not available.
     """
-    if name not in DEVICES:
-        raise CnnSearchError(f"--device: unknown device {name!r}; allowed: {', '.join(DEVICES)}")
     if name == "cpu":
         return torch.device("cpu")
     available = torch.cuda.is_available()
@@ -41,21 +38,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda") if available else torch.device("cpu")
 
 
-def check_precision(precision: str) -> None:
-    """Refuse an unknown precision name."""
-    if precision not in PRECISIONS:
-        raise CnnSearchError(f"--precision: unknown value {precision!r}; allowed: {', '.join(PRECISIONS)}")
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
     """The forward pass context: plain float32, or for ``bf16`` torch's autocast on ``device`` (convolutions and
     matmuls in bfloat16, losses and reductions in float32; weights and optimizer state stay float32).
 
     On the CPU bf16 can pay only where the CPU computes bf16 natively (AVX512-BF16, AMX): bench/bench_knobs.py
     measured 1.2x (8x8) to 2x (28x28) there, yet a whole MNIST search on the same AMX CPU ran about 3.3x slower
-    per fold-epoch than fp32 (BENCHMARKS.md, issue 7, section 2); elsewhere it can be slower still.
+    per fold-epoch than fp32 (docs/performance.md); elsewhere it can be slower still.
     """
-    check_precision(precision)
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -71,7 +61,7 @@ def memory_format(device: torch.device, cpu_capability: str | None = None) -> to
     ``channels_last`` on CUDA (NHWC convolutions) and on x86 CPUs with AVX2 or AVX-512. bench/bench_knobs.py
     measured it on both (torch 2.14.1): +2% (8x8) to +27% (28x28) on an AVX-512 Xeon, and +1-3% (8x8) to
     +24-26% (28x28, with and without batchnorm) on an AVX2 AMD EPYC, where it also won on every deep and wide
-    architecture tried with one thread (BENCHMARKS.md, issue 7, section 6). Other CPUs (no AVX2, ARM) keep the
+    architecture tried with one thread (docs/performance.md, "The individual knobs"). Other CPUs (no AVX2, ARM) keep the
     default layout: unmeasured. ``cpu_capability`` overrides what torch reports (for tests).
     """
     if device.type == "cuda":

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cnnsearch.training.divergence import Diverged, kind_of
+from cnnsearch.training.divergence import CUDA_CHECK_EVERY, DivergenceWatch, l2_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -17,16 +16,9 @@ if TYPE_CHECKING:
 
 
 EVAL_BATCH = 1024  # most images per evaluation forward pass; large batches amortise per-call overhead
-
-
 EVAL_CACHE_BYTES = 8 * 2**20  # first-layer activations of one CPU evaluation batch: what stays in cache
-
-
 PRENORM_MAX_BYTES = 2**30  # on CUDA, a fold's un-augmented training images are normalised once if this fits
-
-
 FUSED_OPTIMIZER = True  # the optimizers' fused kernels: one pass over the weights per step instead of several
-
 
 @dataclass
 class FoldResult:
@@ -97,6 +89,19 @@ def make_optimizer(params: TrialParams, tensors: Iterable[torch.Tensor], *, fuse
     return torch.optim.Adam(tensors, lr=params.lr, fused=fused or None)
 
 
+def prenormalised(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor | None:
+    """``x`` normalised once, where that pays: on CUDA, whose loop is launch-bound (it saves three kernels a step,
+    with the same float ops per pixel, so the same values), when the float copy fits :data:`PRENORM_MAX_BYTES`.
+    ``scale`` may carry a leading fold dimension (packed folds: one copy per fold). On the CPU, per-batch
+    normalisation stays in cache: None."""
+    copies = scale.shape[0] if scale.dim() == 5 else 1
+    if x.device.type != "cuda" or 4 * copies * x.numel() > PRENORM_MAX_BYTES:
+        return None
+    if scale.dim() == 5:
+        return x.float().unsqueeze(0).mul(scale).add_(shift)  # (k, N, C, H, W)
+    return x.float().mul_(scale).add_(shift)
+
+
 def train_fold(
     params: TrialParams,
     x_train: torch.Tensor,
@@ -144,41 +149,19 @@ def train_fold(
     use_host_dropout(model, continue_cpu_stream())  # the masks nn.Dropout would draw on the CPU
     model = model.to(device).to(memory_format=memory_format(device))
     weights = l2_weights(model)
-    on_cuda = device.type == "cuda"
     opt = make_optimizer(params, model.parameters(), fused=FUSED_OPTIMIZER)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
     scale, shift = norm if norm is not None else normalisation(x_train)
     augment = batch_augment(params.augment, height=int(h), width=int(w), seed=seed, device=device)
-    # On CUDA the loop is launch-bound: normalising the whole fold once saves three kernels a step (the same
-    # float ops per pixel, so the same values). On the CPU per-batch normalisation stays in cache.
-    x_norm = None
-    if on_cuda and augment is None and 4 * x_train.numel() <= PRENORM_MAX_BYTES:
-        x_norm = x_train.float().mul_(scale).add_(shift)
+    x_norm = prenormalised(x_train, scale, shift) if augment is None else None
     beta = params.l2
     n, bs = len(y_train), params.batch_size
     eval_batch = eval_batch_size(device, int(h), int(w), params.width)
-    # On CUDA a per-step .item() would sync the device; there the check reads a window of steps at once.
-    check_every = 16 if on_cuda else 1
-    pending: list[torch.Tensor] = []
-    threshold = math.inf
+    watch = DivergenceWatch(explode, [fold], lambda _: float(opt.param_groups[0]["lr"]),
+                            every=CUDA_CHECK_EVERY if device.type == "cuda" else 1)
     step = 0
     curve: list[float] = []
     ce_sum = torch.zeros((), device=device)
-    ce_count = 0
-
-    def check(epoch: int) -> None:
-        nonlocal threshold
-        values = torch.stack(pending).tolist() if len(pending) > 1 else [pending[0].item()]
-        first = step - len(values)
-        pending.clear()
-        for k, v in enumerate(values):
-            if threshold == math.inf and math.isfinite(v):
-                threshold = explode * max(v, 1e-3)  # the loss at initialisation sets the scale
-            if not math.isfinite(v) or v > threshold:
-                kind = kind_of(v) if not math.isfinite(v) else "explode"
-                raise Diverged(kind, fold=fold, epoch=epoch, step=first + k, lr=opt.param_groups[0]["lr"],
-                               value=v)
-
     for epoch in range(epochs):
         model.train()
         ce_sum.zero_()
@@ -194,23 +177,17 @@ def train_fold(
             with forward_context:
                 ce = F.cross_entropy(model(xb), y_train[idx])
             loss = ce + beta * l2_term(weights) if beta > 0 else ce
-            pending.append(loss.detach())
+            watch.add(loss.detach().reshape(1), (step,), epoch)
             step += 1
-            if len(pending) >= check_every:
-                check(epoch)
             ce_sum += ce.detach()
             ce_count += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-        if pending:
-            check(epoch)
-        # Weights that stopped being finite at the last step would otherwise surface only as garbage scores.
+        watch.check(epoch)
         with torch.no_grad():
-            bad = torch.stack([p.detach().abs().max() for p in weights]).max().item()
-        if not math.isfinite(bad):
-            raise Diverged(kind_of(bad), fold=fold, epoch=epoch, step=step - 1,
-                           lr=opt.param_groups[0]["lr"], value=bad)
+            watch.check_weights([torch.stack([p.detach().abs().max() for p in weights]).max().item()], epoch,
+                                (step - 1,))
         sched.step()
         acc = evaluate(model, x_val, y_val, scale, shift, precision=precision, batch=eval_batch)
         curve.append(acc)
@@ -219,5 +196,5 @@ def train_fold(
             on_epoch(epoch, acc, mean_ce)
     with torch.no_grad():
         l2 = beta * float(l2_term(weights).item()) if beta > 0 else 0.0
-    ratio = l2 / mean_ce if mean_ce > 0 else (math.inf if l2 > 0 else 0.0)
+    ratio = l2_ratio(l2, mean_ce)
     return FoldResult(accuracy=curve[-1], curve=curve, l2_ratio=ratio, n_params=count_params(model), model=model)
