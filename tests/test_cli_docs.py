@@ -9,7 +9,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from cnnsearch.cli import reference as clidoc
+from cnnsearch.cli import reference
 from cnnsearch.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,17 +20,17 @@ def commands() -> dict[str, Any]:
 
 
 def test_docs_cli_md_is_up_to_date() -> None:
-    expected = clidoc.render()
+    expected = reference.render()
     actual = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert actual == expected, "docs/cli.md is out of date: run  python -m cnnsearch.cli.reference > docs/cli.md"
+    assert actual == expected, "docs/cli.md is out of date: run  python -m cnnsearch.cli.reference"
 
 
 @pytest.mark.parametrize("name", sorted(commands()))
 def test_the_reference_is_the_real_help_output(runner: CliRunner, name: str) -> None:
-    result = runner.invoke(app, [name, "--help"], prog_name="cnnsearch", terminal_width=clidoc.WIDTH,
-                           max_content_width=clidoc.WIDTH)
+    result = runner.invoke(app, [name, "--help"], prog_name="cnnsearch", terminal_width=reference.WIDTH,
+                           max_content_width=reference.WIDTH)
     assert result.exit_code == 0
-    assert f"## cnnsearch {name}\n\n```text\n{result.stdout}```" in clidoc.render()
+    assert f"## cnnsearch {name}\n\n```text\n{result.stdout}```" in reference.render()
 
 
 def test_every_command_and_option_has_help() -> None:

@@ -86,7 +86,7 @@ def test_retrain_without_a_completed_trial(runner: CliRunner, in_tmp: Path) -> N
     assert run.exit_code == 0, run.output
     result = runner.invoke(app, ["retrain", "--study", "t"])
     assert result.exit_code == 1
-    assert result.stderr == ("Error: study 't' has no completed trial to retrain; run `cnnsearch run --study t` "
+    assert result.stderr == ("Error: study 't' has no completed trial yet; run `cnnsearch run --study t` "
                              "until one completes\n")
     assert not (in_tmp / "studies" / "t").exists()
 

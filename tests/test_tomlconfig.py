@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cnnsearch.cli.reference import INIT_BEGIN, INIT_END
 from cnnsearch.config.files import config_toml, init_text, load_config, toml_value
 from cnnsearch.config.settings import Config, RunSettings
 from cnnsearch.config.space import build_space, parse_dim
@@ -46,10 +47,9 @@ def test_init_text_is_the_defaults_and_reads_back_to_them(tmp_path: Path) -> Non
 
 
 def test_init_text_comments_every_key() -> None:
-    from cnnsearch.cli.app import _run_option_help
 
     # Run settings take the run command's option help, else the comment in RunSettings' source.
-    lines = init_text(_run_option_help()).splitlines()
+    lines = init_text().splitlines()
     for i, line in enumerate(lines):
         if "=" in line and not line.startswith("#"):
             assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 6, line
@@ -183,7 +183,7 @@ def test_wrong_types_name_key_value_and_expected(tmp_path: Path, text: str, word
         ("[space.sgd]\nmomentum = [0.9, 1.0]\n", ["space.sgd.momentum", "< 1"]),
         ('[space]\noptimizer = ["adam", "lion"]\n', ["space.optimizer", "'lion'", "adam, sgd"]),
         ("[run]\nfolds = 1\n", ["run.folds in", "must be at least 2 but got 1"]),
-        ('[run]\npruner = "asha"\n', ["run.pruner in", "unknown pruner 'asha'"]),
+        ('[run]\npruner = "asha"\n', ["run.pruner in", "unknown value 'asha'"]),
         ("[run]\nbehind_margin = 0\n", ["run.behind_margin in", "positive number of standard errors", "got 0.0"]),
         ("[run]\nbehind_margin = nan\n", ["run.behind_margin in", "(inf: off)", "got nan"]),
         ("[run]\ncost_weight = -1\n", ["run.cost_weight in", "0 or more (0: plain TPE)", "got -1.0"]),
@@ -259,11 +259,9 @@ def test_a_fixed_float_keeps_every_digit_through_file_and_stored_space(lr: float
     assert not math.isnan(lr)
 
 
-INIT_BEGIN, INIT_END = "<!-- init: begin -->\n```toml\n", "```\n<!-- init: end -->"
 
 
 def test_the_docs_init_example_is_what_init_writes(tmp_path: Path) -> None:
-    from cnnsearch.cli.app import _run_option_help
 
     # The example sits between the init markers in exactly one page (docs/guide.md).
     root = Path(__file__).resolve().parents[1]
@@ -272,8 +270,8 @@ def test_the_docs_init_example_is_what_init_writes(tmp_path: Path) -> None:
     assert len(holders) == 1, f"the init example should be in one page, between the markers; found in {holders}"
     page = holders[0]
     block = pages[page].split(INIT_BEGIN, 1)[1].split(INIT_END, 1)[0]
-    hint = f"{page}'s init example is stale: paste the file `cnnsearch init` writes between the init markers"
-    assert block == init_text(_run_option_help()), hint
+    hint = f"{page}'s init example is stale: regenerate it with  python -m cnnsearch.cli.reference"
+    assert block == init_text(), hint
     assert load_config(write(tmp_path / "example.toml", block)) == Config(), hint
     for f in dataclasses.fields(RunSettings):
         assert f"\n{f.name} = " in block or f"\n# {f.name} = " in block, hint

@@ -1,11 +1,17 @@
-"""The CLI reference, docs/cli.md, made from the real ``--help`` text of every command.
+"""The generated docs: docs/cli.md from the real ``--help`` text of every command, and the example file in
+docs/guide.md from what ``cnnsearch init`` writes.
 
-Regenerate it with ``python -m cnnsearch.cli.reference > docs/cli.md``; a test fails when the file is out of date.
+Regenerate both with ``python -m cnnsearch.cli.reference``; a test fails when either is out of date.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+INIT_BEGIN, INIT_END = "<!-- init: begin -->\n```toml\n", "```\n<!-- init: end -->"
+"""The markers around the ``cnnsearch init`` example in docs/guide.md."""
 
 WIDTH = 100
 """Help is wrapped at this width, whatever the terminal, so that the file is the same on every machine."""
@@ -29,7 +35,7 @@ def render() -> str:
     parts = [
         "# Command-line reference",
         "",
-        "Generated from the `--help` output of each command by `python -m cnnsearch.cli.reference > docs/cli.md`;",
+        "Generated from the `--help` output of each command by `python -m cnnsearch.cli.reference`;",
         "do not edit by hand. A test fails when this file is out of date.",
         "",
         "## cnnsearch",
@@ -44,5 +50,22 @@ def render() -> str:
     return "\n".join(parts) + "\n"
 
 
+def with_init_example(page: str) -> str:
+    """``page`` (docs/guide.md's text) with the file ``cnnsearch init`` writes between the init markers."""
+    from cnnsearch.config.files import init_text
+
+    pattern = re.escape(INIT_BEGIN) + ".*?" + re.escape(INIT_END)
+    if not re.search(pattern, page, flags=re.DOTALL):
+        raise ValueError("no init markers in the page")
+    return re.sub(pattern, lambda _: INIT_BEGIN + init_text() + INIT_END, page, count=1, flags=re.DOTALL)
+
+
+def write(root: Path) -> None:
+    """Regenerate docs/cli.md and the init example in docs/guide.md under ``root``."""
+    (root / "docs" / "cli.md").write_text(render(), encoding="utf-8")
+    guide = root / "docs" / "guide.md"
+    guide.write_text(with_init_example(guide.read_text(encoding="utf-8")), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    write(Path(__file__).resolve().parents[2])

@@ -15,6 +15,10 @@ from rich.table import Table
 from cnnsearch.search.events import EpochDone, Event, TrialFinished, TrialStarted
 from cnnsearch.store.rows import TrialRow
 
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+"""Where the commands print: results to stdout, warnings and errors to stderr."""
+
 STATUS_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "DIVERGED": "red", "FAILED": "magenta",
                 "RUNNING": "cyan", "WAITING": "dim"}
 

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import json
 import re
 import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.settings import Config, RunSettings, setting_help
 from cnnsearch.config.space import DIM_BY_NAME, DIMS, Dim, DimSpec, build_space
 from cnnsearch.errors import CnnSearchError
 
@@ -236,6 +236,8 @@ def _fit(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, None
     if origin is Literal:
         return (True, value) if any(type(value) is type(a) for a in args) else (False, None)
+    if isinstance(hint, type) and issubclass(hint, StrEnum):  # a choice: RunSettings checks the name
+        return isinstance(value, str), value
     if origin in (list, tuple):
         return (True, origin(value)) if isinstance(value, list) else (False, None)
     if hint is bool:
@@ -258,6 +260,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(dict.fromkeys(_describe(a) for a in args if a is not type(None)))
     if origin is Literal:
         return "one of " + ", ".join(_show(a) for a in args)
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return "one of " + ", ".join(_show(m.value) for m in hint)
     if origin in (list, tuple):
         return "an array"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -328,23 +332,24 @@ def load_config(path: Path | None, run_overrides: Mapping[str, Any] | None = Non
 
 
 def toml_value(value: Any) -> str:
-    """One TOML value: a bool, number, string or array of them."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:
-            return "nan"
-        if value in (float("inf"), float("-inf")):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)  # shortest text that reads back as the same float; always valid TOML
-    if isinstance(value, str):
-        # A JSON string is a TOML basic string, except that TOML also forbids a raw DEL.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
+    """One TOML value as text (a bool, number, string or array of them), as tomlkit writes it.
+
+    Raises:
+        TypeError: a value of another type (a table, a date).
+    """
+    import tomlkit
+
+    if not isinstance(value, bool | int | float | str | list | tuple):
+        raise TypeError(f"no TOML value form for {type(value).__name__}")
+    return str(tomlkit.item(_plain(value)).as_string())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 class Unset:
@@ -356,33 +361,39 @@ class Unset:
 
 def dumps(doc: Mapping[str, Any], *, comments: Mapping[str, str] | None = None,
           header: Iterable[str] = ()) -> str:
-    """TOML text of ``doc`` (tables of values), with a comment line above each dotted key in ``comments``."""
-    comments = {k: v for k, v in (comments or {}).items() if v}
-    lines = [f"# {h}" if h else "#" for h in header]
+    """TOML text of ``doc`` (tables of values), written with tomlkit, with a comment line above each dotted key
+    in ``comments`` and each :class:`Unset` value as a commented-out line."""
+    import tomlkit
 
-    def table(name: str, body: Mapping[str, Any]) -> None:
-        if lines:
-            lines.append("")
-        if name in comments:
-            lines.append(f"# {comments[name]}")
-        lines.append(f"[{name}]")
-        subtables = []
+    comments = {k: v for k, v in (comments or {}).items() if v}
+    out = tomlkit.document()
+    for line in header:
+        out.add(tomlkit.comment(line))
+
+    def table(name: str, body: Mapping[str, Any]) -> Any:
+        t = tomlkit.table()
         for key, value in body.items():
             if isinstance(value, Mapping):
-                subtables.append((f"{name}.{key}", value))
                 continue
             if f"{name}.{key}" in comments:
-                lines.append(f"# {comments[f'{name}.{key}']}")
+                t.add(tomlkit.comment(comments[f"{name}.{key}"]))
             if isinstance(value, Unset):
-                lines.append(f"# {key} = {value.example}")
+                t.add(tomlkit.comment(f"{key} = {value.example}"))
             else:
-                lines.append(f"{key} = {toml_value(value)}")
-        for sub_name, sub_body in subtables:
-            table(sub_name, sub_body)
+                t.add(key, _plain(value))
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                t.add(key, table(f"{name}.{key}", value))
+        return t
 
     for name, body in doc.items():
-        table(name, body)
-    return "\n".join(lines) + "\n"
+        out.add(name, table(name, body))
+    text = tomlkit.dumps(out)
+    # A table's comment goes right above its header (tomlkit would leave a blank line between them).
+    for name in re.findall(r"^\[([^\]]+)\]$", text, flags=re.MULTILINE):
+        if name in comments:
+            text = text.replace(f"\n[{name}]\n", f"\n# {comments[name]}\n[{name}]\n", 1)
+    return text
 
 
 def dim_value(dim: Dim) -> Any:
@@ -437,31 +448,13 @@ def config_toml(config: Config) -> str:
                  header=["The merged configuration: command-line options > --config file > built-in defaults."])
 
 
-def _field_comments() -> dict[str, str]:
-    """The comment after each RunSettings field in its source (``folds: int = 3  # ...``)."""
-    out: dict[str, str] = {}
-    try:
-        source = inspect.getsource(RunSettings)
-    except (OSError, TypeError):  # no source (a frozen build): comments are a nicety
-        return out
-    for match in re.finditer(r"^    (\w+):[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE):
-        out[match.group(1)] = match.group(2).strip()
-    return out
-
-
-def init_text(run_help: Mapping[str, str] | None = None) -> str:
-    """The commented file ``cnnsearch init`` writes: every run setting and dimension at its default.
-
-    Args:
-        run_help: RunSettings field -> help sentence (the ``run`` command's option help); fields without
-            one get the comment from RunSettings' source.
-    """
-    run_help = run_help or {}
-    source_comments = _field_comments()
+def init_text() -> str:
+    """The commented file ``cnnsearch init`` writes: every run setting and dimension at its default, each with
+    the help text its command-line option shows."""
     defaults = Config()
     comments: dict[str, str] = {}
     for f in dataclasses.fields(RunSettings):
-        text = run_help.get(f.name) or source_comments.get(f.name, "")
+        text = setting_help(f.name)
         if getattr(defaults.run, f.name) is None and "default" not in text.lower():
             text = f"{text} Not set by default.".strip()
         comments[f"run.{f.name}"] = text
@@ -482,3 +475,16 @@ def init_text(run_help: Mapping[str, str] | None = None) -> str:
         "Every key is optional: leave one out to get its default.",
     ]
     return dumps({"run": run_doc(defaults.run), "space": _space_doc(space)}, comments=comments, header=header)
+
+
+def write_init(path: Path, *, force: bool = False) -> None:
+    """Write :func:`init_text` to ``path`` (``cnnsearch init``); refuse a folder, or an existing file unless
+    ``force``."""
+    if path.is_dir():
+        raise CnnSearchError(f"init: {path} is a folder; name a file such as {path / 'cnnsearch.toml'}")
+    if path.exists() and not force:
+        raise CnnSearchError(f"init: {path} already exists; pass --force to overwrite it")
+    try:
+        path.write_text(init_text(), encoding="utf-8")
+    except OSError as exc:
+        raise CnnSearchError(f"init: cannot write {path}: {exc.strerror}") from None

@@ -42,8 +42,8 @@ class PackFolds(StrEnum):
     off = "off"
 
 
-STUDY, DATA, PRUNING, HARDWARE = "Study", "Data", "Pruning", "Hardware"
-"""The help panels of ``cnnsearch run --help`` (the space's dimensions form a fifth, "Search space")."""
+STUDY, DATA, SPACE, PRUNING, HARDWARE = "Study", "Data", "Search space", "Pruning", "Hardware"
+"""The help panels of ``cnnsearch run --help``; the space's dimensions join the settings of the Search space."""
 
 PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchnorm refuses bf16 activations "
                         "with float32 statistics); use --precision fp32 or --pack-folds off")
@@ -85,7 +85,7 @@ class RunSettings:
                                               "first-step loss.", PRUNING)
     cost_weight: float = option(
         defaults.COST_WEIGHT, "How much the sampler favours fast configurations: among the candidates TPE draws "
-        "it keeps the one with the largest l(x)/g(x) / (predicted epoch time)^this; 0 is plain TPE.", PRUNING)
+        "it keeps the one with the largest l(x)/g(x) / (predicted epoch time)^this; 0 is plain TPE.", SPACE)
     dataset: str = option(
         "digits", "Data to search on: digits (scikit-learn's bundled 8x8 digits); mnist, fashion-mnist, kmnist, "
         "cifar10 or cifar100 (torchvision, in --data-dir); folder:PATH (one subfolder of images per class); "
@@ -104,7 +104,7 @@ class RunSettings:
                                        "x_test) keep theirs.", DATA)
     max_samples: int | None = option(None, "Search on a stratified subsample of this many images (quick trial "
                                            "runs).", DATA)
-    allow_deep: bool = option(False, f"Allow more than {MAX_LAYERS} conv layers.", "Search space")
+    allow_deep: bool = option(False, f"Allow more than {MAX_LAYERS} conv layers.", SPACE)
     workers: int | None = option(
         None, "Worker processes on this machine: a number, or auto for one per core "
         f"({defaults.CUDA_WORKERS} on CUDA; at most one per trial left), each with cores / workers torch threads; a "

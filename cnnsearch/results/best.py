@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from cnnsearch.config.files import CONDITIONS, _space_doc, dumps, toml_value
 from cnnsearch.config.settings import RunSettings
 from cnnsearch.config.space import DIMS, MAX_LAYERS
-from cnnsearch.errors import RUNTIME, CnnSearchError
 
 if TYPE_CHECKING:
     import optuna
@@ -41,12 +40,9 @@ def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
         storage: The storage URL the user named, if not the default; the new study goes to the same storage.
     """
     from cnnsearch.store.record import SETTINGS_ATTR
+    from cnnsearch.store.rows import best_trial
 
-    try:
-        trial = study.best_trial
-    except ValueError:
-        raise CnnSearchError(f"study {study.study_name!r} has no completed trial yet; run it first",
-                             exit_code=RUNTIME) from None
+    trial = best_trial(study)
     stored: dict[str, Any] = dict(study.user_attrs.get(SETTINGS_ATTR) or {})
     fields = [f.name for f in dataclasses.fields(RunSettings)]
     run: dict[str, Any] = {"study": f"{study.study_name}-best"}

@@ -76,13 +76,12 @@ class _Data:
 
 
 def _gather(study: optuna.Study) -> _Data:
-    from cnnsearch.store.rows import row_of
+    from cnnsearch.store.rows import best_first, row_of
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     rows = [row_of(t) for t in trials]
     last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
-    best = sorted((r for r in rows if r.status == "COMPLETE" and r.cv_mean is not None and math.isfinite(r.cv_mean)),
-                  key=lambda r: (-(r.cv_mean or 0.0), r.number))
+    best = best_first(rows)
     return _Data(study.study_name, rows, best, last, study)
 
 

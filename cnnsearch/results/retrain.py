@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from cnnsearch.config.settings import RunSettings
     from cnnsearch.data.dataset import Dataset
 
 
@@ -107,17 +108,22 @@ class EvaluateResult:
     saved_accuracy: float | None  # the test accuracy metrics.json recorded at retrain time, if present
 
 
-def dataset_for(settings: Mapping[str, Any]) -> Dataset:
+def stored_run(settings: Mapping[str, Any], machine: Mapping[str, Any] | None = None) -> RunSettings:
+    """The run settings a study was searched with, from its stored settings, with this machine's own settings
+    (:data:`~cnnsearch.config.settings.MACHINE_SETTINGS`: where the data lies, the device) from ``machine``."""
+    from cnnsearch.config.settings import MACHINE_SETTINGS, SETTING_FIELDS, RunSettings
+
+    here = {k: v for k, v in (machine or {}).items() if k in MACHINE_SETTINGS and v is not None}
+    return RunSettings(**{k: v for k, v in settings.items() if k in SETTING_FIELDS and k not in here}, **here)
+
+
+def dataset_for(settings: Mapping[str, Any], machine: Mapping[str, Any] | None = None) -> Dataset:
     """The data a study searched on, rebuilt from its stored settings, and checked against the stored record of
     its content and split, so the retrain tests on exactly the images the search never saw."""
-    from dataclasses import fields
+    from cnnsearch.search import setup
 
-    from cnnsearch.config.settings import RunSettings
-    from cnnsearch.data import dataset as data_module
-
-    names = {f.name for f in fields(RunSettings)}
-    run = RunSettings(**{k: v for k, v in settings.items() if k in names})
-    data = data_module.dataset_for(run)
+    run = stored_run(settings, machine)
+    data = setup.dataset_for(run)
     stored = settings.get("data")
     if stored is not None and data.record() != stored:
         changed = ", ".join(k for k in stored if data.record().get(k) != stored[k])
@@ -132,24 +138,27 @@ def _check_test_split(data: Dataset, study: str) -> None:
                              "evaluate on; run a new study with --test-fraction above 0")
 
 
-def predict(model: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Predicted class of each uint8 image in ``x``, normalised as in training."""
+def predict(model: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
+            precision: str = "fp32") -> torch.Tensor:
+    """Predicted class of each uint8 image in ``x``, normalised and in the precision of training."""
     import torch
+
+    from cnnsearch.training.device import autocast
 
     model.eval()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x.device, precision):
         for i in range(0, len(x), PREDICT_BATCH):
             out.append(model(x[i:i + PREDICT_BATCH].float().mul_(scale).add_(shift)).argmax(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-          classes: Sequence[str]) -> TestScores:
+          classes: Sequence[str], *, precision: str = "fp32") -> TestScores:
     """Accuracy and confusion matrix of ``model`` on ``(x, y)``."""
     import torch
 
-    pred = predict(model, x, scale, shift)
+    pred = predict(model, x, scale, shift, precision=precision)
     n = len(classes)
     confusion = torch.bincount(y * n + pred, minlength=n * n).reshape(n, n)
     return TestScores(accuracy=int((pred == y).sum().item()) / len(y), classes=tuple(classes),
@@ -173,31 +182,34 @@ def default_out_dir(study_name: str, storage_url: str) -> Path:
     return Path("studies") / study_name
 
 
-def retrain(study: optuna.Study, out_dir: Path) -> RetrainResult:
+def retrain(study: optuna.Study, out_dir: Path, machine: Mapping[str, Any] | None = None) -> RetrainResult:
     """Train the best trial's configuration on the whole search split, score it on the test split, save it.
 
-    Uses the study's stored epochs, seed and explode threshold.
+    Uses the study's stored epochs, seed, explode threshold and precision; ``machine`` gives this machine's
+    settings (``data_dir``, ``device``).
 
     Raises:
         CnnSearchError: no completed trial, no test split, the retrain diverged, or ``out_dir`` is not writable.
     """
     import torch
 
+    from cnnsearch.data.dataset import on_device
+    from cnnsearch.training.device import resolve_device
     from cnnsearch.training.divergence import Diverged
     from cnnsearch.training.fold import normalisation, train_fold
     from cnnsearch.training.params import params_from_dict
 
     trial = best_trial(study)
     settings = stored_settings(study)
-    data = dataset_for(settings)
+    run = stored_run(settings, machine)
+    data = on_device(dataset_for(settings, machine), resolve_device(run.device))
     _check_test_split(data, study.study_name)
     params = params_from_dict(trial.params)
-    epochs = int(settings["epochs"])
     started = time.perf_counter()
     try:
         # An empty validation part: nothing but the search split is seen during training.
-        result = train_fold(params, data.x, data.y, data.x[:0], data.y[:0], n_classes=data.n_classes, epochs=epochs,
-                            seed=int(settings["seed"]), explode=float(settings.get("explode", 100.0)))
+        result = train_fold(params, data.x, data.y, data.x[:0], data.y[:0], n_classes=data.n_classes,
+                            epochs=run.epochs, seed=run.seed, explode=run.explode, precision=run.precision)
     except Diverged as div:
         raise CnnSearchError(f"the retrain of trial {trial.number} diverged ({div}); the search got lucky with its "
                              "folds: retrain a neighbouring trial or search a lower --lr range",
@@ -205,7 +217,7 @@ def retrain(study: optuna.Study, out_dir: Path) -> RetrainResult:
     seconds = time.perf_counter() - started
     assert result.model is not None
     scale, shift = normalisation(data.x)  # the statistics train_fold normalised with
-    scores = score(result.model, data.x_test, data.y_test, scale, shift, data.classes)
+    scores = score(result.model, data.x_test, data.y_test, scale, shift, data.classes, precision=run.precision)
     c, h, w = data.shape
     config = {
         "version": CONFIG_VERSION,
@@ -227,19 +239,21 @@ def retrain(study: optuna.Study, out_dir: Path) -> RetrainResult:
         "cv_mean": trial.value,
         "cv_std": trial.user_attrs.get("cv_std"),
         "fold_scores": trial.user_attrs.get("fold_scores"),
-        "epochs": epochs,
+        "epochs": run.epochs,
+        "precision": str(run.precision),
+        "device": data.x.device.type,
         "n_train": len(data.y),
         "train_seconds": round(seconds, 3),
     }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.state_dict(), out_dir / MODEL_FILE)
+        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out_dir / MODEL_FILE)
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     except OSError as exc:
         raise CnnSearchError(f"--out: cannot write to {out_dir}: {exc.strerror or exc}", exit_code=RUNTIME) from None
     return RetrainResult(study.study_name, trial.number, dict(trial.params), float(trial.value or 0.0),
-                         trial.user_attrs.get("cv_std"), epochs, len(data.y), seconds, scores, out_dir)
+                         trial.user_attrs.get("cv_std"), run.epochs, len(data.y), seconds, scores, out_dir)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -280,12 +294,13 @@ def load_saved(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, config
 
 
-def evaluate_saved(model_path: Path) -> EvaluateResult:
-    """Re-score a model saved by :func:`retrain` on the held-out split of its study's data."""
+def evaluate_saved(model_path: Path, machine: Mapping[str, Any] | None = None) -> EvaluateResult:
+    """Re-score a model saved by :func:`retrain` on the held-out split of its study's data (on the CPU, in the
+    study's precision); ``machine`` gives this machine's ``data_dir``."""
     import torch
 
     model, config = load_saved(model_path)
-    data = dataset_for(config["settings"])
+    data = dataset_for(config["settings"], machine)
     _check_test_split(data, config["study"])
     shape = config["input"]
     if data.shape != (shape["channels"], shape["height"], shape["width"]):
@@ -294,7 +309,8 @@ def evaluate_saved(model_path: Path) -> EvaluateResult:
     norm = config["normalisation"]
     scale = torch.tensor(norm["scale"], dtype=torch.float32).view(1, -1, 1, 1)
     shift = torch.tensor(norm["shift"], dtype=torch.float32).view(1, -1, 1, 1)
-    scores = score(model, data.x_test, data.y_test, scale, shift, config["classes"])
+    scores = score(model, data.x_test, data.y_test, scale, shift, config["classes"],
+                   precision=str(config["settings"].get("precision", "fp32")))
     metrics_path = model_path.parent / METRICS_FILE
     saved = _read_json(metrics_path, "the metrics").get("test_accuracy") if metrics_path.is_file() else None
     return EvaluateResult(model_path, str(config["study"]), int(config["trial"]), scores,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,17 +13,6 @@ from cnnsearch.errors import RUNTIME, CnnSearchError
 if TYPE_CHECKING:
     import optuna
 
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    finite = [t for t in complete if t.value is not None and math.isfinite(t.value)]
-    if not finite:
-        raise CnnSearchError(f"study {study.study_name!r} has no completed trial to retrain; run "
-                             f"`cnnsearch run --study {study.study_name}` until one completes", exit_code=RUNTIME)
-    return max(finite, key=lambda t: (t.value, -t.number))
 
 
 @dataclass(frozen=True)
@@ -69,6 +58,41 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
 
 
 def sort_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
-    """Best first: completed trials by CV accuracy, then the rest by number."""
+    """Best first (:func:`best_first`), then the rest: running, pruned, diverged, waiting, failed, each by CV
+    accuracy so far, then number."""
     order = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "DIVERGED": 3, "WAITING": 4, "FAILED": 5}
-    return sorted(rows, key=lambda r: (order.get(r.status, 9), -(r.cv_mean or 0.0), r.number))
+    rest = [r for r in rows if not is_scored(r)]
+    return best_first(rows) + sorted(rest, key=lambda r: (order.get(r.status, 9), -(r.cv_mean or 0.0), r.number))
+
+
+def is_scored(row: TrialRow) -> bool:
+    """A COMPLETE trial with a finite CV accuracy: what "best" chooses among."""
+    return row.status == "COMPLETE" and row.cv_mean is not None and math.isfinite(row.cv_mean)
+
+
+def best_first(rows: Iterable[TrialRow]) -> list[TrialRow]:
+    """The scored trials, best first: highest CV accuracy, ties to the lowest trial number.
+
+    This is the one definition of "best" that ``run``'s summary, ``show``, ``best``, ``retrain``, ``export`` and
+    ``plot`` all use.
+    """
+    return sorted((r for r in rows if is_scored(r)), key=lambda r: (-(r.cv_mean or 0.0), r.number))
+
+
+def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
+    """The best trial (:func:`best_first`), or None when no trial completed."""
+    ranked = best_first(rows)
+    return ranked[0] if ranked else None
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best trial of ``study`` (:func:`best_first`).
+
+    Raises:
+        CnnSearchError: no trial has completed yet.
+    """
+    best = best_row(trial_rows(study))
+    if best is None:
+        raise CnnSearchError(f"study {study.study_name!r} has no completed trial yet; run "
+                             f"`cnnsearch run --study {study.study_name}` until one completes", exit_code=RUNTIME)
+    return study.get_trials(deepcopy=False)[best.number]

@@ -1,0 +1,218 @@
+"""The commands that read a study back: show, best, export, plot, retrain, evaluate, studies, dashboard.
+
+Each opens the store, makes one library call and renders.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cnnsearch.cli.options import setting_param, settings_given, takes
+from cnnsearch.cli.render import console, err_console
+from cnnsearch.cli.search import MACHINE_OPTIONS, StorageOpt, StudyOpt
+from cnnsearch.config.settings import default_storage_url
+from cnnsearch.errors import RUNTIME, CnnSearchError
+
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="Torch threads. Default: all cores.")]
+
+
+class Format(StrEnum):
+    toml = "toml"
+    json = "json"
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+def _url(study: str, storage: str | None) -> str:
+    return storage or default_storage_url(study)
+
+
+def show(study: StudyOpt = "digits", storage: StorageOpt = None,
+         limit: Annotated[int | None, typer.Option(min=1, help="Show only the best N trials.")] = None) -> None:
+    """Print the trials of a study, best first."""
+    from cnnsearch.cli.render import trials_table
+    from cnnsearch.store.rows import sort_rows, trial_rows
+    from cnnsearch.store.storage import load_study
+
+    rows = sort_rows(trial_rows(load_study(study, _url(study, storage))))
+    console.print(trials_table(rows, title=f"Trials of {study} ({len(rows)})", limit=limit))
+
+
+def best(study: StudyOpt = "digits", storage: StorageOpt = None,
+         fmt: Annotated[Format, typer.Option("--format", help="Output format: toml (with comments) or json.")] = (
+             Format.toml)) -> None:
+    """Print the best trial as a configuration file with every dimension fixed, for run --config."""
+    from cnnsearch.results.best import best_config
+    from cnnsearch.store.storage import load_study
+
+    found = best_config(load_study(study, _url(study, storage)), storage)
+    typer.echo(found.toml() if fmt == Format.toml else found.json(), nl=False)
+
+
+def export(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False,
+                                             help="File to write; - writes to stdout. Default: STUDY.csv (or "
+                                                  "STUDY.json) in the current folder.")] = None,
+    fmt: Annotated[ExportFormat | None, typer.Option("--format", "-f", help="csv or json. Default: from the "
+                                                     "suffix of --out, else csv.")] = None,
+    status: Annotated[str | None, typer.Option(help="Keep only these statuses, comma-separated: complete, pruned, "
+                                                    "diverged, failed, running, waiting.")] = None,
+) -> None:
+    """Write one row per trial to a CSV or JSON file (works while a search is running)."""
+    from cnnsearch.results.export import default_out, export_study, parse_statuses, pick_format
+    from cnnsearch.store.storage import load_study
+
+    statuses = parse_statuses(status)
+    chosen = pick_format(out, fmt.value if fmt else None)
+    path = out or default_out(study, chosen)
+    n = export_study(load_study(study, _url(study, storage)), path, chosen,
+                     statuses=sorted(statuses) if statuses else None)
+    # To stderr, so that `--out -` pipes clean CSV.
+    err_console.print(f"Wrote {n} trial{'s' * (n != 1)} of {study} to {'stdout' if str(path) == '-' else path}",
+                      highlight=False)
+
+
+def plot(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
+                                             help="Folder for the PNG files. Default: STUDY-plots in the current "
+                                                  "folder.")] = None,
+    dpi: Annotated[int, typer.Option(min=30, max=600, help="Resolution of the PNG files in dots per inch.")] = 100,
+) -> None:
+    """Draw the study as PNG plots: history, importances, parallel coordinates, stability map, curves, folds."""
+    from cnnsearch.results.plots import make_plots
+    from cnnsearch.store.storage import load_study
+
+    result = make_plots(load_study(study, _url(study, storage)), out or Path(f"{study}-plots"), dpi=dpi)
+    for path in result.written:
+        console.print(f"Wrote {path}", highlight=False)
+    for note in result.notes:
+        err_console.print(f"Note: {note}", markup=False, highlight=False)
+
+
+@takes([setting_param(name) for name in MACHINE_OPTIONS])
+def retrain(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
+                                             help="Folder for model.pt, config.json and metrics.json. Default: "
+                                                  "studies/STUDY next to the study's SQLite file.")] = None,
+    threads: ThreadsOpt = None,
+    **given: Any,
+) -> None:
+    """Train the best configuration on the whole search split and score it once on the held-out test split."""
+    from cnnsearch.cli.render import confusion_table, fmt_acc, per_class_table
+    from cnnsearch.results.retrain import CONFIG_FILE, METRICS_FILE, MODEL_FILE, default_out_dir
+    from cnnsearch.results.retrain import retrain as run_retrain
+    from cnnsearch.store.storage import load_study
+
+    url = _url(study, storage)
+    loaded = load_study(study, url)
+    _threads(threads)
+    with console.status(f"Retraining the best trial of {study} on the whole search split..."):
+        result = run_retrain(loaded, out or default_out_dir(study, url), machine=settings_given(given))
+    console.print(f"Trial {result.trial} (CV {fmt_acc(result.cv_mean, result.cv_std)}) retrained on "
+                  f"{result.n_train} images for {result.epochs} epochs in {result.seconds:.1f} s.", highlight=False)
+    s = result.scores
+    console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images the search never "
+                  "saw.")
+    console.print(per_class_table(s.classes, s.confusion))
+    console.print(confusion_table(s.classes, s.confusion))
+    console.print(f"Saved {result.out_dir / MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}\n"
+                  f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}", highlight=False)
+
+
+@takes([setting_param(name) for name in MACHINE_OPTIONS])
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A model.pt written by cnnsearch retrain; its "
+                                                              "config.json must sit beside it.")],
+    threads: ThreadsOpt = None,
+    **given: Any,
+) -> None:
+    """Re-score a saved model on the held-out test split of its study's data."""
+    from cnnsearch.cli.render import confusion_table, per_class_table
+    from cnnsearch.results.retrain import evaluate_saved
+
+    _threads(threads)
+    result = evaluate_saved(model, machine=settings_given(given))
+    s = result.scores
+    console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images "
+                  f"(study {result.study}, trial {result.trial}).")
+    console.print(per_class_table(s.classes, s.confusion))
+    console.print(confusion_table(s.classes, s.confusion))
+    if result.saved_accuracy is not None:
+        same = abs(result.saved_accuracy - s.accuracy) < 1e-12
+        console.print(f"The retrain recorded {100 * result.saved_accuracy:.2f}%: "
+                      + ("the same." if same else "[yellow]different[/] (other library versions or data)."))
+
+
+def studies(
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL to list. Default: every "
+                                                "studies/*.db in the current folder.")] = None,
+) -> None:
+    """List studies with their trial counts by status and their best CV accuracy."""
+    from cnnsearch.cli.render import studies_table
+    from cnnsearch.results.catalog import default_storages, list_studies, studies_in
+
+    if storage is not None:
+        infos = studies_in(storage)
+    else:
+        urls = default_storages()
+        if not urls:
+            console.print("No study databases in studies/ here; run `cnnsearch run` or pass --storage URL.")
+            return
+        infos = list_studies(urls)
+    readable = [i for i in infos if i.error is None]
+    if readable:
+        console.print(studies_table(readable))
+    elif storage is not None:
+        console.print(f"No studies in {storage}.", highlight=False)
+    for info in infos:
+        if info.error is not None:
+            err_console.print(f"Skipped {info.storage}: {info.error}", markup=False, highlight=False)
+
+
+def dashboard(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to serve on; the default serves this machine only.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8080,
+) -> None:
+    """Open the study in optuna-dashboard (needs the dashboard extra: pip install 'cnnsearch[dashboard]')."""
+    from cnnsearch.store.storage import load_study, open_storage
+
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise CnnSearchError("optuna-dashboard is not installed; pip install 'cnnsearch[dashboard]'",
+                             exit_code=RUNTIME) from None
+    url = _url(study, storage)
+    load_study(study, url)  # checks the file and the study name before serving
+    study_id = open_storage(url).get_study_id_from_name(study)
+    console.print(f"Serving {url} on http://{host}:{port}/dashboard/studies/{study_id} (Ctrl-C stops)",
+                  highlight=False)
+    try:
+        run_server(url, host=host, port=port)
+    except OSError as exc:
+        raise CnnSearchError(f"--port: cannot serve on {host}:{port}: {exc.strerror or exc}",
+                             exit_code=RUNTIME) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(code=0) from None
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
