@@ -85,9 +85,9 @@ def main() -> None:
 
     from cnnsearch.config.settings import Config, RunSettings
     from cnnsearch.config.space import build_space
-    from cnnsearch.data.dataset import dataset_for
     from cnnsearch.search.events import Event, TrialFinished
     from cnnsearch.search.loop import run_search
+    from cnnsearch.search.setup import dataset_for
     from cnnsearch.store.rows import sort_rows, trial_rows
     from cnnsearch.training.fold import train_fold
     from cnnsearch.training.params import params_from_dict

@@ -140,4 +140,5 @@ def test_best_without_a_completed_trial_is_a_runtime_error(runner: CliRunner) ->
     assert runner.invoke(app, args).exit_code == 0
     result = runner.invoke(app, ["best", "--study", "d"])
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: study 'd' has no completed trial yet; run `cnnsearch run --study d` until one completes"
+    assert result.stderr.strip() == ("Error: study 'd' has no completed trial yet; run `cnnsearch run --study d` "
+                                     "until one completes")

@@ -11,7 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
-from cnnsearch.results.plots import MIN_IMPORTANCE_TRIALS, PLOTS, _gather, _importance_trials, importances, make_plots
+from cnnsearch.results.plot_data import MIN_IMPORTANCE_TRIALS, gather, importance_trials, importances
+from cnnsearch.results.plots import PLOTS, make_plots
 from cnnsearch.store.record import SETTINGS_ATTR
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -69,13 +70,13 @@ def test_importances_fall_back_to_fold_0_when_few_trials_completed(in_tmp: Path)
         add(i, pruned, {0: 0.3, 1: fold0[i]})
     add(6, pruned, {0: 0.2})  # stopped by the median pruner inside fold 0
     add(7, pruned, {})  # diverged at its first step: no score
-    trials, judged = _importance_trials(_gather(study))
+    trials, judged = importance_trials(gather(study))
     assert sorted(t.value for t in trials) == sorted(fold0[i] for i in (*range(6), 8, 9))
     assert judged == "8 trials, accuracy at the end of fold 0 (only 2 completed)"
     made = make_plots(study, in_tmp / "pics", which=("importances",))
     assert made.notes == [] and made.written == [in_tmp / "pics" / "importances.png"]
     check_png(made.written[0])
-    found, _ = importances(_gather(study))
+    found, _ = importances(gather(study))
     assert set(found) == {"lr", "layers"} and found["lr"] > found["layers"], found  # fold 0 follows lr only
     # Too few at either: skipped, with both counts.
     few = optuna.create_study(study_name="few", storage=url, direction="maximize")

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnnsearch.cli.reference import INIT_BEGIN, INIT_END
-from cnnsearch.config.files import config_toml, init_text, load_config, toml_value
+from cnnsearch.config.files import load_config
 from cnnsearch.config.settings import Config, RunSettings
 from cnnsearch.config.space import build_space, parse_dim
+from cnnsearch.config.writer import config_toml, init_text, toml_value
 from cnnsearch.errors import CnnSearchError
 
 

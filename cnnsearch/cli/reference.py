@@ -52,7 +52,7 @@ def render() -> str:
 
 def with_init_example(page: str) -> str:
     """``page`` (docs/guide.md's text) with the file ``cnnsearch init`` writes between the init markers."""
-    from cnnsearch.config.files import init_text
+    from cnnsearch.config.writer import init_text
 
     pattern = re.escape(INIT_BEGIN) + ".*?" + re.escape(INIT_END)
     if not re.search(pattern, page, flags=re.DOTALL):

@@ -40,7 +40,8 @@ def run(
 ) -> None:
     """Run or resume a cross-validated search (default: the digits study)."""
     started = time.time()  # --timeout counts from here
-    from cnnsearch.config.files import config_toml, load_config
+    from cnnsearch.config.files import load_config
+    from cnnsearch.config.writer import config_toml
     from cnnsearch.search.setup import dataset_for
 
     config = load_config(config_file, settings_given(given), space_given(given),
@@ -86,7 +87,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite PATH if it exists.")] = False,
 ) -> None:
     """Write a commented configuration file with the default run settings and search space."""
-    from cnnsearch.config.files import write_init
+    from cnnsearch.config.writer import write_init
 
     write_init(path, force=force)
     console.print(f"Wrote {path}. Edit it, then: cnnsearch run --config {path}", highlight=False, markup=False)

@@ -256,3 +256,14 @@ def build_space(overrides: Mapping[str, str] | None = None, *, allow_deep: bool 
 def space_from_dict(data: Mapping[str, str]) -> SearchSpace:
     """Rebuild a space stored with :meth:`SearchSpace.to_dict` (no layer cap: it was checked when stored)."""
     return SearchSpace(tuple(parse_dim(s.name, data.get(s.name, s.default), allow_deep=True) for s in DIMS))
+
+
+CONDITIONS: dict[str, tuple[str, str]] = {}
+"""Sub-table of ``[space]`` -> (parent dimension, value) under which its dimensions apply, e.g. sgd -> optimizer."""
+
+
+for _spec in DIMS:
+    if _spec.parent is not None:
+        if CONDITIONS.get(_spec.parent[1], _spec.parent) != _spec.parent:
+            raise AssertionError(f"two parents share the value {_spec.parent[1]!r}; sub-table names would clash")
+        CONDITIONS[_spec.parent[1]] = _spec.parent

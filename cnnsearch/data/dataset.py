@@ -21,10 +21,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from cnnsearch.config.settings import RunSettings
 
 
-__all__ = ["DATASETS", "Dataset", "channel_stats", "dataset_for", "fold_indices", "holdout_split",
+__all__ = ["DATASETS", "Dataset", "channel_stats", "fold_indices", "holdout_split",
            "load_dataset", "subsample"]
 
 
@@ -173,13 +172,6 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, max_sa
         warnings=raw.warnings,
         info=raw.info,
     )
-
-
-def dataset_for(run: RunSettings) -> Dataset:
-    """The dataset of a run, through the per-process cache (every caller with these settings shares it)."""
-    data_dir = str(Path(run.data_dir).expanduser()) if run.data_dir else str(default_data_dir())
-    return load_dataset(run.dataset, seed=run.seed, test_fraction=run.test_fraction, max_samples=run.max_samples,
-                        data_dir=data_dir, download=run.download, image_size=run.image_size, strict=run.strict)
 
 
 def on_device(data: Dataset, device: torch.device) -> Dataset:

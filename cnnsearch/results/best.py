@@ -6,9 +6,9 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from cnnsearch.config.files import CONDITIONS, _space_doc, dumps, toml_value
 from cnnsearch.config.settings import RunSettings
-from cnnsearch.config.space import DIMS, MAX_LAYERS
+from cnnsearch.config.space import CONDITIONS, DIMS, MAX_LAYERS
+from cnnsearch.config.writer import dumps, space_doc, toml_value
 
 if TYPE_CHECKING:
     import optuna
@@ -53,7 +53,7 @@ def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
     run["pruner"] = "none"
     if int(trial.params.get("layers", 0)) > MAX_LAYERS:
         run["allow_deep"] = True
-    doc = {"run": run, "space": _space_doc(dict(trial.params))}
+    doc = {"run": run, "space": space_doc(dict(trial.params))}
     std = trial.user_attrs.get("cv_std")
     score = f"{100 * (trial.value or 0):.2f}%" + (f" ± {100 * std:.2f}" if isinstance(std, int | float) else "")
     header = (

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
-from cnnsearch.store.record import SETTINGS_ATTR
+from cnnsearch.results.plot_data import PlotData, Skip, gather, importances, need_complete
 
 if TYPE_CHECKING:
     import optuna
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 PLOTS: tuple[str, ...] = ("history", "importances", "parallel", "stability", "curves", "folds")
 """The files written, as ``<name>.png``, in this order."""
-
-
-MIN_IMPORTANCE_TRIALS = 5  # trials compared below which importances are noise (PED-ANOVA ranks quantiles)
 
 
 TOP_PARALLEL = 10  # trials drawn in the parallel-coordinates plot
@@ -52,43 +49,12 @@ COLORS = {"COMPLETE": "#1f77b4", "best": "#ff7f0e", "PRUNED": "#7f7f7f", "DIVERG
           "FAILED": "#9467bd"}
 
 
-class Skip(Exception):
-    """A plot cannot be drawn from this study; the message says why."""
-
-
 @dataclass
 class PlotResult:
     """What :func:`make_plots` did."""
 
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one line per skipped plot
-
-
-@dataclass(frozen=True)
-class _Data:
-    """Everything the plots read, gathered once from the study."""
-
-    name: str
-    rows: list[TrialRow]  # finished trials (not RUNNING or WAITING), by number
-    best: list[TrialRow]  # COMPLETE trials, best CV accuracy first
-    last_score: dict[int, float]  # trial number -> its last reported validation accuracy
-    study: optuna.Study
-
-
-def _gather(study: optuna.Study) -> _Data:
-    from cnnsearch.store.rows import best_first, row_of
-
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    rows = [row_of(t) for t in trials]
-    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
-    best = best_first(rows)
-    return _Data(study.study_name, rows, best, last, study)
-
-
-def _need_complete(data: _Data, n: int = 1) -> None:
-    if len(data.best) < n:
-        have = "no trial" if not data.best else f"only {len(data.best)} trial{'s' * (len(data.best) > 1)}"
-        raise Skip(f"needs at least {n} completed trial{'s' * (n > 1)}; {have} completed")
 
 
 def _pct(v: float | None) -> float:
@@ -102,7 +68,7 @@ def _legend_below(fig: Figure, ax: Axes, ncols: int = 4) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), frameon=False)
 
 
-def plot_history(data: _Data) -> Figure:
+def plot_history(data: PlotData) -> Figure:
     """CV accuracy per trial with the best so far; pruned trials at their last score, and trials without a
     score (diverged, failed) in a strip of their own below, so they never pass for a low score."""
     from matplotlib.figure import Figure
@@ -159,63 +125,7 @@ def plot_history(data: _Data) -> Figure:
     return fig
 
 
-def _importance_params(trials: Sequence[optuna.trial.FrozenTrial]) -> list[str]:
-    """Parameters set in every one of ``trials`` and free to vary (a fixed dimension has no importance)."""
-    common = set.intersection(*(set(t.params) for t in trials)) if trials else set()
-    return sorted(p for p in common if not trials[0].distributions[p].single())
-
-
-def _importance_trials(data: _Data) -> tuple[list[optuna.trial.FrozenTrial], str]:
-    """The trials importances are computed over, each with the value it is judged by, and what that value is.
-
-    The completed trials and their CV accuracy, where at least ``MIN_IMPORTANCE_TRIALS`` completed. Otherwise
-    (the pruner and the fold-end checks stop most trials of many searches before their last fold) every trial
-    that finished the first fold, judged by its accuracy there: the one score they all share.
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    trials = data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    completed = {r.number for r in data.best}  # COMPLETE with a finite CV accuracy
-    complete = [t for t in trials if t.number in completed]
-    if len(complete) >= MIN_IMPORTANCE_TRIALS:
-        return complete, f"{len(complete)} completed trials, CV accuracy"
-    epochs = (data.study.user_attrs.get(SETTINGS_ATTR) or {}).get("epochs")
-    step = epochs - 1 if isinstance(epochs, int) and epochs > 0 else -1  # -1: no step is known to end fold 0
-    reached = [optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                         value=t.intermediate_values[step])
-               for t in trials if math.isfinite(t.intermediate_values.get(step, math.nan))]
-    if len(reached) < MIN_IMPORTANCE_TRIALS:
-        raise Skip(f"needs at least {MIN_IMPORTANCE_TRIALS} completed trials or {MIN_IMPORTANCE_TRIALS} trials "
-                   f"that finished fold 0; {len(complete)} completed and {len(reached)} finished fold 0")
-    return reached, f"{len(reached)} trials, accuracy at the end of fold 0 (only {len(complete)} completed)"
-
-
-def importances(data: _Data) -> tuple[dict[str, float], str]:
-    """Optuna's parameter importances (its default evaluator, PED-ANOVA, in Optuna 5) over the trials of
-    :func:`_importance_trials`, and what they were judged by."""
-    import optuna
-
-    trials, judged = _importance_trials(data)
-    params = _importance_params(trials)
-    if not params:
-        raise Skip("no parameter varies across the trials it would compare")
-    if len({t.value for t in trials}) < 2:
-        raise Skip("every trial it would compare has the same accuracy")
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
-    try:
-        study = optuna.create_study(direction="maximize")  # in memory: the trials with the values judged by
-        study.add_trials(trials)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    try:
-        return optuna.importance.get_param_importances(study, params=params), judged
-    except (ValueError, RuntimeError) as exc:  # the evaluator's own limits, e.g. too little data
-        raise Skip(f"Optuna could not compute importances ({exc})") from None
-
-
-def plot_importances(data: _Data) -> Figure:
+def plot_importances(data: PlotData) -> Figure:
     """The parameter importances of :func:`importances` as bars."""
     from matplotlib.figure import Figure
 
@@ -253,13 +163,13 @@ def _axis_labels(dist: Any) -> list[tuple[float, str]]:
     return [(0.0, f"{dist.low:.3g}"), (1.0, f"{dist.high:.3g}")]
 
 
-def plot_parallel(data: _Data) -> Figure:
+def plot_parallel(data: PlotData) -> Figure:
     """The top trials across every free parameter, one line each, coloured by CV accuracy."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    _need_complete(data, 2)
+    need_complete(data, 2)
     top = data.best[:TOP_PARALLEL]
     frozen = {t.number: t for t in data.study.get_trials(deepcopy=False)}
     from cnnsearch.config.space import DIMS
@@ -310,7 +220,7 @@ def _scalar_mappable(norm: Any, cmap: Any) -> Any:
     return ScalarMappable(norm=norm, cmap=cmap)
 
 
-def plot_stability(data: _Data) -> Figure:
+def plot_stability(data: PlotData) -> Figure:
     """Learning rate (log x) against conv layers (y): CV accuracy as colour, diverged trials as red crosses."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -358,13 +268,13 @@ def plot_stability(data: _Data) -> Figure:
     return fig
 
 
-def plot_curves(data: _Data) -> Figure:
+def plot_curves(data: PlotData) -> Figure:
     """Validation accuracy per epoch of the best trials: the mean over folds, the band from min to max."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    _need_complete(data)
+    need_complete(data)
     top = [r for r in data.best if r.attrs.get("curves")][:TOP_CURVES]
     if not top:
         raise Skip("no completed trial stored its learning curves")
@@ -389,12 +299,12 @@ def plot_curves(data: _Data) -> Figure:
     return fig
 
 
-def plot_folds(data: _Data) -> Figure:
+def plot_folds(data: PlotData) -> Figure:
     """Each fold's score for the best trials, with the mean and one standard deviation."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    _need_complete(data)
+    need_complete(data)
     top = data.best[:TOP_FOLDS]
     fig = Figure(figsize=(max(6.0, 0.7 * len(top) + 2.5), 5), layout="constrained")
     ax = fig.add_subplot()
@@ -419,7 +329,7 @@ def plot_folds(data: _Data) -> Figure:
     return fig
 
 
-DRAW: dict[str, Callable[[_Data], Figure]] = {
+DRAW: dict[str, Callable[[PlotData], Figure]] = {
     "history": plot_history, "importances": plot_importances, "parallel": plot_parallel,
     "stability": plot_stability, "curves": plot_curves, "folds": plot_folds,
 }
@@ -434,7 +344,7 @@ def make_plots(study: optuna.Study, out_dir: Path, *, dpi: int = 100, which: Seq
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    data = _gather(study)
+    data = gather(study)
     if not data.rows:
         raise CnnSearchError(
             f"study {data.name!r} has no finished trials to plot; run `cnnsearch run --study {data.name}` first",

@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -90,6 +91,7 @@ START_ENV = "CNNSEARCH_START_METHOD"
 
 
 PRELOAD = ("torch", "torch._dynamo", "sklearn.model_selection", "optuna", "cnnsearch.search.loop",
+           "cnnsearch.search.setup", "cnnsearch.search.objective", "cnnsearch.search.pruning",
            "cnnsearch.training.fold", "cnnsearch.training.packed", "cnnsearch.search.workers")
 """What the forkserver imports once for all its workers: what a worker imports before its first trial
 (``torch._dynamo`` comes with torch's first optimizer). None of it starts CUDA."""
@@ -280,9 +282,6 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     from multiprocessing.connection import wait
 
     from cnnsearch.runtime import interrupts
-    from cnnsearch.search.loop import divergence_notes, timeout_note
-    from cnnsearch.store.record import finished_count
-    from cnnsearch.store.rows import trial_rows
 
     if method == "forkserver":
         start_forkserver()  # unless it was started early
@@ -343,11 +342,21 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
     if failures:
         first = failures[0]
         raise CnnSearchError(f"worker {first.index}: {first.message}", exit_code=first.exit_code)
+    return _outcome(config, study, [p.exitcode for p in procs], ran)
+
+
+def _outcome(config: Config, study: optuna.Study, exit_codes: Sequence[int | None], ran: int) -> SearchResult:
+    """What the workers left: the study's rows, with a note for each worker that crashed; an error when they
+    all stopped short of the target other than at the deadline."""
+    from cnnsearch.search.loop import divergence_notes, timeout_note
+    from cnnsearch.store.record import finished_count
+    from cnnsearch.store.rows import trial_rows
+
     done, _ = finished_count(study)
     rows = trial_rows(study)
     result = SearchResult(config.run.study, config.run.storage_url, rows, ran, config.run.n_trials,
                           notes=divergence_notes(rows))
-    crashed = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode not in (0, None)]
+    crashed = [(i, code) for i, code in enumerate(exit_codes) if code not in (0, None)]
     for i, code in crashed:
         how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else \
             f"failed with exit code {code}"
