@@ -56,13 +56,12 @@ def write_source(kind: str, folder: Path, limit: int | None, seed: int) -> str:
     """The MNIST t10k images as an NPZ file or a PNG folder under ``folder``; returns the ``--dataset`` value."""
     import numpy as np
 
+    from bench.common import MNIST_DIR, mnist, write_folder
     from cnnsearch.data.dataset import subsample
-    from tests.images import mnist_dir, read_idx, write_folder
 
-    source = mnist_dir()
-    if source is None:
-        sys.exit("MNIST t10k files not found: set CNNSEARCH_MNIST_DIR to the folder with t10k-*-ubyte.gz")
-    x, y = read_idx(source / "t10k-images-idx3-ubyte.gz"), read_idx(source / "t10k-labels-idx1-ubyte.gz")
+    if not MNIST_DIR.is_dir():
+        sys.exit(f"MNIST t10k files not found in {MNIST_DIR}")
+    x, y = mnist()
     if limit is not None:
         keep = subsample(y.astype(np.int64), limit, seed)
         x, y = x[keep], y[keep]

@@ -129,6 +129,20 @@ def mnist(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, *, ext: str = "png") -> list[Path]:
+    """One subfolder per label, one file per image named by its position: ``root/<label>/<i>.<ext>``."""
+    from PIL import Image
+
+    paths = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:05d}.{ext}"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
 def mnist_npz(path: Path, limit: int | None = None) -> Path:
     """Write the MNIST test set as ``npz`` with arrays ``x`` (N, 28, 28) and ``y`` (N,), as ``npz:PATH`` takes."""
     import numpy as np

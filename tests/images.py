@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bench.common import read_idx, write_folder
+
+__all__ = ["first_per_class", "load_mnist", "mnist_dir", "read_idx", "write_folder"]
 
 MNIST_ENV = "CNNSEARCH_MNIST_DIR"
 """Overrides where the MNIST t10k IDX files are looked for."""
@@ -26,35 +28,12 @@ def mnist_dir() -> Path | None:
     return None
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip): big-endian magic with the number of dimensions in its last byte, the sizes, the bytes."""
-    with gzip.open(path) as fh:
-        data = fh.read()
-    ndim = data[3]
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 MNIST test images (N, 28, 28) uint8 and their labels; skips the test when they are absent."""
     folder = mnist_dir()
     if folder is None:
         pytest.skip(f"MNIST t10k files not found (set {MNIST_ENV} to their folder)")
     return read_idx(folder / "t10k-images-idx3-ubyte.gz"), read_idx(folder / "t10k-labels-idx1-ubyte.gz")
-
-
-def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, *, ext: str = "png") -> list[Path]:
-    """One subfolder per label, one file per image named by its position: ``root/<label>/<i>.<ext>``."""
-    from PIL import Image
-
-    paths = []
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-        folder = root / str(int(label))
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{i:05d}.{ext}"
-        Image.fromarray(img).save(path)
-        paths.append(path)
-    return paths
 
 
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:

@@ -56,3 +56,12 @@ def test_every_code_block_is_closed(doc: str) -> None:
         assert lines[closing - 1].strip() == "```", \
             f"{doc}: the code block opened on line {opening} is not closed before line {closing}"
     assert len(fences) % 2 == 0, f"{doc}: the code block opened on line {fences[-1]} is never closed"
+
+
+def test_the_tuned_defaults_table_is_up_to_date() -> None:
+    """docs/how-it-works.md shows config/defaults.py's table, regenerated, never edited by hand."""
+    page = (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8")
+    assert reference.with_defaults_table(page) == page, "run  python -m cnnsearch.cli.reference"
+    from cnnsearch.config.defaults import TABLE
+
+    assert all(f"`{t.name}`" in page for t in TABLE)
