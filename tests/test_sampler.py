@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from cnnsearch.config.space import build_space
-from cnnsearch.search.sampler import MIN_FIT, PRIOR_SLOPES, SLOPE_BOUNDS, CostAwareTPESampler, conv_macs, fit_slopes
+from cnnsearch.search.sampler import MIN_FIT, PRIOR_SLOPES, SLOPE_BOUNDS, CostAwareTPESampler, fit_slopes
 from cnnsearch.search.suggest import suggest
-from cnnsearch.training.model import build_model
+from cnnsearch.training.model import build_model, conv_macs
 from cnnsearch.training.params import TrialParams, params_from_dict
 
 BASE = {"lr": 1e-3, "decay": 0.9, "l2": 1e-5, "dropout": 0.1, "pooling": "max", "batchnorm": True, "head": "gap",

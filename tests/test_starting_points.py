@@ -37,7 +37,7 @@ def test_the_second_point_is_queued_only_where_its_convolutions_are_cheap(image:
     points = starting_points(build_space(), image)
     assert len(points) == queued
     assert points[0] == starting_point(build_space()) and shape(points[0]) == (4, 32, 2.0)
-    macs = conv_macs(SECOND_POINT["layers"], SECOND_POINT["width"], SECOND_POINT["growth"], *image)
+    macs = conv_macs(SECOND_POINT, *image)
     assert (macs <= SECOND_POINT_MAX_MACS) == (queued == 2)
     if queued == 2:
         assert shape(points[1]) == (5, 64, 1.0) and points[1]["pooling"] == "avg" and points[1]["lr"] == 2e-3

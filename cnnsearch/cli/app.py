@@ -53,7 +53,6 @@ app = typer.Typer(
 )
 
 
-
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """The one place where a :class:`CnnSearchError` becomes a one-line message and an exit code."""
 

@@ -63,7 +63,9 @@ DIMS: tuple[DimSpec, ...] = (
             max_open=True, parent=("optimizer", "sgd")),
     DimSpec("hidden", "int", "Hidden units of the fc head (only used with head=fc).", "64,128,256", min=1,
             parent=("head", "fc")),
-    DimSpec("augment", "str", "Training-batch augmentation: none, flip, crop or flip+crop.", "none",
+    DimSpec("augment", "str", "Augmentation of training batches: none, flip (random left-right mirror), crop "
+            "(random shift by padding and cropping) or flip+crop; none,crop searches both. Flip is off by default "
+            "because mirroring changes the meaning of digits and text.", "none",
             names=AUGMENTS),
 )
 

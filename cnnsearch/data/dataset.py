@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 __all__ = ["DATASETS", "Dataset", "channel_stats", "fold_indices", "holdout_split",
            "load_dataset", "subsample"]
 

@@ -13,7 +13,6 @@ from cnnsearch.config.writer import dumps, space_doc, toml_value
 if TYPE_CHECKING:
     import optuna
 
-
 @dataclasses.dataclass(frozen=True)
 class BestConfig:
     """The best trial of a study as a configuration with every dimension fixed."""

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cnnsearch.store.rows import TrialRow
-
-if TYPE_CHECKING:
-
-    pass
 
 
 @dataclass(frozen=True)

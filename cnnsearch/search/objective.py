@@ -279,12 +279,11 @@ class Objective:
         import optuna
 
         from cnnsearch.runtime import interrupts
-        from cnnsearch.search.pruning import Verdict
 
         with interrupts.deferred():
             if not trial.should_prune():
                 return
-            verdict = self.pruner.verdicts.pop(trial.number, None) or Verdict(-1, -1)
+            verdict = self.pruner.verdicts.pop(trial.number)  # the pruner says why whenever it prunes
             trial.set_user_attr("pruned_at", {"fold": verdict.fold, "epoch": verdict.epoch})
             if verdict.at_chance is not None:
                 trial.set_user_attr("at_chance", verdict.at_chance)

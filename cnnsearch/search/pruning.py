@@ -150,8 +150,6 @@ def stuck(train_loss: float, n_classes: int) -> bool:
     return train_loss <= STUCK_LOSS * math.log(max(2, n_classes))
 
 
-
-
 def behind_best(study: optuna.Study, seen: Sequence[float], sizes: Sequence[int], folds: int,
                 z: float = 2.0) -> dict[str, Any] | None:
     """Whether a trial whose first folds scored ``seen`` is clearly behind the best finished trial on the same folds.

@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from cnnsearch.training.model import conv_macs as model_macs
+from cnnsearch.training.model import conv_macs
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -47,11 +47,8 @@ if TYPE_CHECKING:
     import optuna
 
 
-
 COST_DIMS = ("layers", "width", "growth", "batch_size")
 """The dimensions the time of an epoch depends on."""
-
-
 
 
 SLOPE_BOUNDS = ((0.3, 1.2), (-1.0, 0.3))
@@ -60,11 +57,6 @@ SLOPE_BOUNDS = ((0.3, 1.2), (-1.0, 0.3))
 
 MIN_FIT = 6
 """Timed trials needed before the slopes are fitted from the study."""
-
-
-def conv_macs(params: Mapping[str, Any], in_channels: int, size: int) -> float:
-    """:func:`cnnsearch.training.model.conv_macs` for the cost dimensions in ``params``."""
-    return model_macs(int(params["layers"]), int(params["width"]), float(params["growth"]), in_channels, size)
 
 
 def epoch_seconds(trial: FrozenTrial) -> float | None:
@@ -160,7 +152,7 @@ def startup_trials(n_trials: int) -> int:
 
 
 def make_sampler(config: Config, worker: int, history: int = 0,
-             image: tuple[int, int] | None = None) -> optuna.samplers.BaseSampler:
+                 image: tuple[int, int] | None = None) -> optuna.samplers.BaseSampler:
     """TPE seeded from the study seed, the worker index and ``history``, the number of trials the study held
     when this process opened it; cost-aware (:mod:`cnnsearch.search.sampler`) when ``image``, the training images'
     ``(channels, side)``, is given and ``--cost-weight`` is above 0.
@@ -169,7 +161,6 @@ def make_sampler(config: Config, worker: int, history: int = 0,
     repeat parameters already tried; with it, the same seed and the same history still give the same draws.
     """
     import optuna
-
 
     n_startup = startup_trials(config.run.n_trials)
     seed = (config.run.seed + 7919 * worker + 104_729 * history) % 2**32  # numpy takes seeds below 2**32

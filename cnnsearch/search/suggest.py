@@ -12,7 +12,6 @@ from cnnsearch.training.params import TrialParams, params_from_dict
 if TYPE_CHECKING:
     import optuna
 
-
 def suggest(trial: optuna.trial.BaseTrial, space: SearchSpace) -> TrialParams:
     """Ask ``trial`` for a value of each dimension that applies.
 
@@ -67,8 +66,6 @@ SECOND_POINT: dict[str, Any] = {
 and ``growth`` 1.0, where TPE building on :data:`STARTING_POINT` alone seldom went."""
 
 
-
-
 def _moved(values: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:
     """``values`` moved into ``space``: clipped into ranges, else the first choice."""
     point: dict[str, Any] = {}
@@ -94,7 +91,7 @@ def starting_points(space: SearchSpace, image: tuple[int, int] | None) -> list[d
     """The trials a new study queues first: :func:`starting_point`, then :data:`SECOND_POINT` moved into
     ``space`` when ``image`` (``(channels, side)``) is known, the point costs at most
     :data:`SECOND_POINT_MAX_MACS` per image there, and it differs from the first."""
-    from cnnsearch.search.sampler import conv_macs
+    from cnnsearch.training.model import conv_macs
 
     points = [starting_point(space)]
     if image is None:

@@ -111,8 +111,6 @@ class WorkerFailed:
     exit_code: int
 
 
-
-
 def resolve_workers(requested: int | None, trials_left: int, cores: int, device_type: str = "cpu") -> int:
     """How many workers to start.
 

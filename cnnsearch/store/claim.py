@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-
 def lock_path(db: Path) -> Path:
     """The lock file of the SQLite database ``db``."""
     return db.with_name(db.name + ".lock")

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-
 MAX_RETRY = 3  # re-queues of a trial whose worker died
 
 

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     import optuna
 
 
-
 @dataclass(frozen=True)
 class TrialRow:
     """One trial as the tables, the CSV and the plots see it."""

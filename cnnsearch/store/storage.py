@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     import optuna
 
 
-
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 

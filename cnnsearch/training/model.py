@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +45,13 @@ def channel_plan(layers: int, width: int, growth: float, size: int) -> list[int]
     return channels
 
 
-def conv_macs(layers: int, width: int, growth: float, in_channels: int, size: int) -> float:
-    """Multiply-adds of the conv layers of :func:`build_model` for one ``size`` x ``size`` image."""
+def conv_macs(arch: Mapping[str, Any], in_channels: int, size: int) -> float:
+    """Multiply-adds of the conv layers of :func:`build_model` for one ``size`` x ``size`` image.
+
+    ``arch`` holds ``layers``, ``width`` and ``growth`` (a trial's parameters, or a candidate's); the sampler
+    ranks candidates by it, and the starting points are bounded by it.
+    """
+    layers, width, growth = int(arch["layers"]), int(arch["width"]), float(arch["growth"])
     pools = set(pool_positions(layers, size))
     side, c_in, total = size, in_channels, 0.0
     for i, c_out in enumerate(channel_plan(layers, width, growth, size)):
