@@ -25,7 +25,7 @@ EXPECTED_COLUMNS = [
     "lr", "decay", "l2", "dropout", "batch_size", "layers", "width", "growth", "pooling", "batchnorm", "head",
     "optimizer", "momentum", "hidden", "augment",
     "duration_s", "diverged", "diverged_fold", "diverged_epoch", "diverged_lr", "l2_ratio", "l2_dominates",
-    "n_params", "started", "completed",
+    "n_params", "started", "completed", "best",
 ]
 """The CSV column contract of docs/guide.md, spelled out, for a 2-fold study."""
 
@@ -37,7 +37,7 @@ NULLABLE_DTYPES = {
     "augment": "string",
     "duration_s": "Float64", "diverged": "boolean", "diverged_fold": "Int64", "diverged_epoch": "Int64",
     "diverged_lr": "Float64", "l2_ratio": "Float64", "l2_dominates": "boolean", "n_params": "Int64",
-    "started": "datetime64[us]", "completed": "datetime64[us]",
+    "started": "datetime64[us]", "completed": "datetime64[us]", "best": "boolean",
 }
 
 

@@ -107,3 +107,9 @@ def test_every_command_names_the_same_best_trial(runner: CliRunner, in_tmp: Path
     assert f"│ {expected} " in shown or f"┃ {expected} " in shown or f" {expected} │" in shown, shown
     retrained = runner.invoke(app, ["retrain", "--study", "t"])
     assert retrained.exit_code == 0 and f"Trial {expected} " in retrained.stdout, retrained.output
+    exported = runner.invoke(app, ["export", "--study", "t", "--out", "t.json"])
+    assert exported.exit_code == 0, exported.output
+    assert [r["number"] for r in json.loads((in_tmp / "t.json").read_text()) if r["best"]] == [expected]
+    from cnnsearch.results.plot_data import gather
+
+    assert gather(study).best[0].number == expected  # the plots' "best" (the thick line, the top trials)

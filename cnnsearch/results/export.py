@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
+    from cnnsearch.store.rows import TrialRow
+
 
 Format = Literal["csv", "json"]
 
@@ -36,7 +38,7 @@ HEAD_COLUMNS: tuple[str, ...] = ("number", "status", "cv_mean", "cv_std")
 
 
 TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "diverged", "diverged_fold", "diverged_epoch", "diverged_lr",
-                                 "l2_ratio", "l2_dominates", "n_params", "started", "completed")
+                                 "l2_ratio", "l2_dominates", "n_params", "started", "completed", "best")
 
 
 PARAM_COLUMNS: tuple[str, ...] = tuple(d.name for d in DIMS)
@@ -50,7 +52,7 @@ FIXED_DTYPES: dict[str, str] = {
     "number": "Int64", "status": "string", "cv_mean": "Float64", "cv_std": "Float64",
     "duration_s": "Float64", "diverged": "boolean", "diverged_fold": "Int64", "diverged_epoch": "Int64",
     "diverged_lr": "Float64", "l2_ratio": "Float64", "l2_dominates": "boolean", "n_params": "Int64",
-    "started": "datetime64[us]", "completed": "datetime64[us]",
+    "started": "datetime64[us]", "completed": "datetime64[us]", "best": "boolean",
 }
 
 
@@ -94,10 +96,8 @@ def study_folds(study: optuna.Study) -> int:
     return max(int(stored) if stored is not None else 0, seen)
 
 
-def _record(trial: optuna.trial.FrozenTrial, folds: int) -> dict[str, Any]:
-    from cnnsearch.store.rows import row_of
-
-    row = row_of(trial)
+def _record(row: TrialRow, trial: optuna.trial.FrozenTrial, folds: int, best: int | None) -> dict[str, Any]:
+    """One CSV row; ``best``: the number of the study's best trial (:func:`cnnsearch.store.rows.best_row`)."""
     a = row.attrs
     rec: dict[str, Any] = {"number": row.number, "status": row.status, "cv_mean": row.cv_mean,
                            "cv_std": a.get("cv_std")}
@@ -119,6 +119,7 @@ def _record(trial: optuna.trial.FrozenTrial, folds: int) -> dict[str, Any]:
         "n_params": a.get("n_params"),
         "started": trial.datetime_start,
         "completed": trial.datetime_complete,
+        "best": row.number == best,
     })
     return rec
 
@@ -132,9 +133,14 @@ def trials_frame(study: optuna.Study, *, statuses: Iterable[str] | None = None) 
     """
     import pandas as pd
 
+    from cnnsearch.store.rows import best_row, row_of
+
     folds = study_folds(study)
     keep = None if statuses is None else set(statuses)
-    records = [_record(t, folds) for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    rows = [row_of(t) for t in trials]
+    best = best_row(rows)
+    records = [_record(r, t, folds, None if best is None else best.number) for r, t in zip(rows, trials, strict=True)]
     records = [r for r in records if keep is None or r["status"] in keep]
     cols = columns(folds)
     frame = pd.DataFrame.from_records(records, columns=cols)
