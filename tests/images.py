@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from bench.common import read_idx, write_folder
 
-__all__ = ["first_per_class", "load_mnist", "mnist_dir", "read_idx", "write_folder"]
+__all__ = ["first_per_class", "load_mnist", "mnist_data_dir", "mnist_dir", "read_idx", "write_folder"]
 
 MNIST_ENV = "CNNSEARCH_MNIST_DIR"
 """Overrides where the MNIST t10k IDX files are looked for."""
@@ -39,3 +40,20 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first ``per_class`` images of each class, in index order."""
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+
+
+def mnist_data_dir(root: Path) -> Path:
+    """A ``--data-dir`` in torchvision's MNIST layout under ``root``. Offline only MNIST's test files exist; they
+    stand in for the train files too. Skips the test when they are absent."""
+    import shutil
+
+    source = mnist_dir()
+    if source is None:
+        pytest.skip(f"MNIST t10k files not found (set {MNIST_ENV} to their folder)")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for kind in ("images-idx3", "labels-idx1"):
+        with gzip.open(source / f"t10k-{kind}-ubyte.gz") as src, (raw / f"t10k-{kind}-ubyte").open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        shutil.copy(raw / f"t10k-{kind}-ubyte", raw / f"train-{kind}-ubyte")
+    return root

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from cnnsearch.config.settings import RunSettings
 from cnnsearch.data.dataset import load_dataset
 from cnnsearch.data.sources import TORCHVISION, expected_files, load_npz
 from cnnsearch.errors import CnnSearchError
-from tests.images import first_per_class, mnist_dir
+from tests.images import first_per_class, mnist_data_dir
 
 
 def save(path: Path, **arrays: np.ndarray) -> Path:
@@ -115,15 +113,7 @@ def test_torchvision_expected_files_follow_torchvision() -> None:
 
 def test_torchvision_mnist_layout_is_read(tmp_path: Path) -> None:
     """Offline only MNIST's test files exist; they stand in for the train files too, to exercise the loader."""
-    source = mnist_dir()
-    if source is None:
-        pytest.skip("MNIST t10k files not found")
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for kind in ("images-idx3", "labels-idx1"):
-        with gzip.open(source / f"t10k-{kind}-ubyte.gz") as src, (raw / f"t10k-{kind}-ubyte").open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        shutil.copy(raw / f"t10k-{kind}-ubyte", raw / f"train-{kind}-ubyte")
+    mnist_data_dir(tmp_path)
     ds = load_dataset("mnist", data_dir=str(tmp_path), max_samples=1000)
     assert ds.official_test and ds.shape == (1, 28, 28) and ds.n_classes == 10
     assert (len(ds.y), len(ds.y_test)) == (500, 500)  # the two parts are the same size here

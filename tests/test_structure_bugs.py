@@ -7,13 +7,10 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 from pathlib import Path
 
 import optuna
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -23,24 +20,10 @@ from cnnsearch.store.rows import best_first, best_trial, sort_rows, trial_rows
 from cnnsearch.store.storage import load_study
 from cnnsearch.training.fold import train_fold
 from cnnsearch.training.params import params_from_dict
-from tests.images import mnist_dir
+from tests.images import mnist_data_dir
 
 TINY = ["-n", "1", "--epochs", "1", "--folds", "2", "--max-samples", "200", "--seed", "0", "--threads", "1",
         "--pruner", "none", "--layers", "2", "--width", "16", "--batch-size", "64"]
-
-
-def mnist_data_dir(root: Path) -> Path:
-    """A --data-dir in torchvision's MNIST layout, made from the real test set (copied as the train split too)."""
-    source = mnist_dir()
-    if source is None:
-        pytest.skip("the MNIST test set is not here")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for kind in ("images-idx3", "labels-idx1"):
-        with gzip.open(source / f"t10k-{kind}-ubyte.gz") as src, (raw / f"t10k-{kind}-ubyte").open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        shutil.copy(raw / f"t10k-{kind}-ubyte", raw / f"train-{kind}-ubyte")
-    return root
 
 
 def test_worker_retrain_and_evaluate_reach_the_data_in_a_data_dir(runner: CliRunner, in_tmp: Path,
