@@ -276,3 +276,11 @@ def test_the_docs_init_example_is_what_init_writes(tmp_path: Path) -> None:
     assert load_config(write(tmp_path / "example.toml", block)) == Config(), hint
     for f in dataclasses.fields(RunSettings):
         assert f"\n{f.name} = " in block or f"\n# {f.name} = " in block, hint
+
+
+def test_workers_auto_reads_from_a_file(tmp_path: Path) -> None:
+    """The file ``init`` writes says "a number, or auto": both read back."""
+    assert load_config(write(tmp_path / "a.toml", '[run]\nworkers = "auto"\n')).run.workers is None
+    assert load_config(write(tmp_path / "n.toml", "[run]\nworkers = 2\n")).run.workers == 2
+    with pytest.raises(CnnSearchError, match='run.workers in .*: "many" is a string; expected an integer or "auto"'):
+        load_config(write(tmp_path / "m.toml", '[run]\nworkers = "many"\n'))

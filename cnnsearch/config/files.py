@@ -252,10 +252,12 @@ def _run_values(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     for key, value in table.items():
         if key not in names:
             raise _unknown_key(f"run.{key}", names, where)
+        if key == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
+            continue  # auto is the default: one worker per core
         ok, converted = _fit(value, hints[key])
         if not ok:
-            raise CnnSearchError(f"run.{key}{where}: {_show(value)} is {_type_name(value)}; expected "
-                                 f"{describe_type(hints[key])}")
+            expected = 'an integer or "auto"' if key == "workers" else describe_type(hints[key])
+            raise CnnSearchError(f"run.{key}{where}: {_show(value)} is {_type_name(value)}; expected {expected}")
         out[key] = converted
     return out
 

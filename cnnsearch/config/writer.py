@@ -128,9 +128,12 @@ def run_doc(settings: RunSettings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(RunSettings):
         value = getattr(settings, f.name)
-        if value is None:
-            out[f.name] = Unset(toml_value(settings.storage_url) if f.name == "storage"
-                                else f"<{describe_type(typing.get_type_hints(RunSettings)[f.name])}>")
+        if f.name == "storage" and value is None:
+            out[f.name] = Unset(toml_value(settings.storage_url))
+        elif f.name == "workers" and value is None:
+            out[f.name] = Unset('"auto"')
+        elif value is None:
+            out[f.name] = Unset(f"<{describe_type(typing.get_type_hints(RunSettings)[f.name])}>")
         else:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
