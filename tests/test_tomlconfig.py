@@ -282,5 +282,5 @@ def test_workers_auto_reads_from_a_file(tmp_path: Path) -> None:
     """The file ``init`` writes says "a number, or auto": both read back."""
     assert load_config(write(tmp_path / "a.toml", '[run]\nworkers = "auto"\n')).run.workers is None
     assert load_config(write(tmp_path / "n.toml", "[run]\nworkers = 2\n")).run.workers == 2
-    with pytest.raises(CnnSearchError, match='run.workers in .*: "many" is a string; expected an integer or "auto"'):
+    with pytest.raises(CnnSearchError, match=r'run.workers in .*: "many" is a string; expected an integer or "auto"'):
         load_config(write(tmp_path / "m.toml", '[run]\nworkers = "many"\n'))
