@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 import typer.core
 
-from cnnsearch.cli import results, search
+from cnnsearch.cli import probe, results, search
 from cnnsearch.cli.options import PanelCommand
 from cnnsearch.cli.render import err_console
 from cnnsearch.errors import CnnSearchError
@@ -69,7 +69,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 app.command(cls=PanelCommand)(handle_errors(search.run))
 for command in (search.worker, results.show, results.best, search.init, results.export, results.plot,
-                results.retrain, results.evaluate, results.studies, results.dashboard):
+                results.retrain, results.evaluate, results.studies, results.dashboard, probe.probe):
     app.command()(handle_errors(command))
 
 

@@ -227,3 +227,18 @@ def studies_table(infos: Sequence[Any], *, title: str = "Studies") -> Table:
             cells.append(escape(info.storage.removeprefix("sqlite:///")))
         table.add_row(*cells)
     return table
+
+
+def probe_table(found: Sequence[Any]) -> Table:
+    """One row per range test of the learning-rate probe (:class:`cnnsearch.search.probe.Probed`)."""
+    table = Table(title="Learning-rate probe", header_style="bold")
+    for name, justify in (("layers", "right"), ("optimizer", "left"), ("batchnorm", "left"),
+                          ("lowest loss at lr", "right"), ("blew up at lr", "right"), ("how", "left"),
+                          ("step", "right"), ("cap", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for p in found:
+        blew = p.explode_lr is not None
+        table.add_row(str(p.layers), p.optimizer, fmt_value(p.batchnorm), f"{p.best_lr:.3g}",
+                      f"{p.explode_lr:.3g}" if blew else "not within the sweep", p.explode_kind or "-",
+                      str(p.explode_step) if blew else "-", f"{p.cap:.3g}" if blew else "-")
+    return table

@@ -32,6 +32,7 @@ EXPLODE = 100.0
 SECOND_POINT_MAX_MACS = 16e6
 CUDA_WORKERS = 4
 PACK_AUTO_DEVICES = ("cuda",)
+PROBE_CAP_SHARE = 0.5
 
 TABLE: tuple[Tuned, ...] = (
     Tuned("COST_WEIGHT", COST_WEIGHT, "search.sampler",

@@ -59,6 +59,7 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
             the current trial is FAIL with the ``interrupted`` attribute, and queued again.
     """
     from cnnsearch.runtime import interrupts
+    from cnnsearch.search import probe
     from cnnsearch.search.objective import Objective
     from cnnsearch.search.setup import arm, set_up
     from cnnsearch.store.claim import TrialClaim
@@ -95,7 +96,7 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         deadline = math.inf if run.timeout is None else time.time() + run.timeout
     with TrialClaim(storage, run.study, sqlite_path(run.storage_url)) as claim:
         objective = Objective(config, data, plan, emit, pruner, storage=storage, on_start=claim.release,
-                              fit_threads=fit_threads)
+                              fit_threads=fit_threads, probe_caps=probe.stored(study))
         while time.time() < deadline:
             interrupts.checkpoint()
             claim.acquire()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from cnnsearch.data.dataset import Dataset
+    from cnnsearch.search.probe import Probed
     from cnnsearch.search.pruning import FoldEndPruner
     from cnnsearch.store.recovery import ReusedFolds
     from cnnsearch.training.fold import FoldResult
@@ -117,14 +118,18 @@ class Objective:
         on_start: Called first (releases the :class:`~cnnsearch.store.claim.TrialClaim`).
         fit_threads: Called as each trial starts and after every epoch, to resize torch's threads to the cores free
             now. The trial's ``threads`` attribute is the most threads it trained with.
+        probe_caps: What the study's learning-rate probe found (``run --probe``): a trial above its cap does not
+            train (:func:`cnnsearch.search.probe.cap_for`).
     """
 
     def __init__(self, config: Config, data: Dataset, plan: FoldPlan, emit: Emit, pruner: FoldEndPruner, *,
                  storage: optuna.storages.RDBStorage | None = None,
-                 on_start: Callable[[], None] = lambda: None, fit_threads: Callable[[], None] = lambda: None) -> None:
+                 on_start: Callable[[], None] = lambda: None, fit_threads: Callable[[], None] = lambda: None,
+                 probe_caps: Sequence[Probed] | None = None) -> None:
         self.config, self.data, self.plan, self.emit = config, data, plan, emit
         self.pruner, self.storage, self.on_start, self.fit_threads = pruner, storage, on_start, fit_threads
         self.pack = use_packing(config.run.pack_folds, data.x.device, config.run.precision)
+        self.caps = probe_caps if probe_caps is not None else []
 
     def __call__(self, trial: optuna.Trial) -> float:
         from cnnsearch.runtime import interrupts
@@ -160,6 +165,7 @@ class Objective:
         run = self.config.run
         params = suggest(trial, self.config.space)
         origin = self.begin(trial, params)
+        self.check_cap(trial, params)
         reused = self.take_over(trial)
         record = TrialRecord(trial, reused.scores, reused.l2_ratios, reused.curves, reused.seconds,
                              most_threads=torch.get_num_threads())
@@ -200,6 +206,22 @@ class Objective:
         self.emit(TrialStarted(trial.number, params.to_dict()))
         self.fit_threads()
         return origin
+
+    def check_cap(self, trial: optuna.Trial, params: TrialParams) -> None:
+        """Stop a trial whose rate is above the probe's cap for its depth, optimizer and batchnorm: PRUNED with the
+        worst score at step 0, and the ``lr_above_cap`` attribute, so TPE learns the edge without training."""
+        import optuna
+
+        from cnnsearch.search.probe import cap_for
+
+        bound = cap_for(self.caps, params.to_dict()) if self.caps else None
+        if bound is None or params.lr <= bound.cap:
+            return
+        trial.set_user_attr("lr_above_cap", {"lr": params.lr, "cap": bound.cap, "probed_layers": bound.layers,
+                                             "explode_lr": bound.explode_lr})
+        trial.report(0.0, 0)
+        raise optuna.TrialPruned(f"lr {params.lr:.3g} is above the probe's cap {bound.cap:.3g} for "
+                                 f"{bound.layers} layers, {bound.optimizer}, batchnorm {bound.batchnorm}")
 
     def take_over(self, trial: optuna.Trial) -> ReusedFolds:
         """The folds a dead trial finished, reported again as this trial's."""

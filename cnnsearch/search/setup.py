@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from cnnsearch.data.dataset import Dataset
     from cnnsearch.search.objective import FoldPlan
+    from cnnsearch.search.probe import Probed
     from cnnsearch.search.pruning import FoldEndPruner
 
 
@@ -64,7 +65,24 @@ def set_up(config: Config, *, widen: bool = False, heartbeat: bool = True,
     storage = open_storage(run.storage_url, create=True, heartbeat=heartbeat)
     study = create_or_resume(config, widen=widen, data=data, storage=storage,
                              starting_points=starting_points(config.space, data.image))
+    if run.probe:
+        from cnnsearch.search import probe
+
+        if probe.stored(study) is None:  # a resume, or another worker, reuses the stored probe
+            probe.store(study, probe_space(config, data, device))
     return Setup(device, data, storage, study)
+
+
+def probe_space(config: Config, data: Dataset, device: torch.device) -> list[Probed]:
+    """The learning-rate probe of ``config``'s space on the first fold's training images (``cnnsearch probe``)."""
+    from cnnsearch.data.dataset import fold_indices
+    from cnnsearch.search import probe
+    from cnnsearch.training.fold import normalisation
+
+    probe.combinations(config)  # a fixed lr is refused before any data moves
+    train, _ = fold_indices(data.y.numpy(), config.run.folds, config.run.seed)[0]
+    x, y = data.x[train].to(device), data.y[train].to(device)
+    return probe.probe(config, data, x, y, normalisation(x))
 
 
 def arm(config: Config, setup: Setup, worker: int) -> tuple[Dataset, FoldPlan, FoldEndPruner]:

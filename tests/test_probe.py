@@ -1,0 +1,88 @@
+"""The learning-rate probe: range tests on real digits, the cap it puts on a search, and its bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnsearch.cli.app import app
+from cnnsearch.data.dataset import load_dataset
+from cnnsearch.search.probe import PROBE_ATTR, cap_for, depths, stored
+from cnnsearch.search.suggest import STARTING_POINT
+from cnnsearch.training.params import params_from_dict
+from cnnsearch.training.probe import range_test
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = load_dataset("digits", data_dir=str(tmp_path_factory.mktemp("d")))
+    return ds.x, ds.y
+
+
+def sweep(digits: tuple[torch.Tensor, torch.Tensor], **params: object) -> object:
+    torch.set_num_threads(1)
+    p = params_from_dict({**STARTING_POINT, "optimizer": "sgd", "momentum": 0.9, **params})
+    return range_test(p, *digits, n_classes=10, lr_low=1e-4, lr_high=100.0, steps=120)
+
+
+def test_sgd_without_batchnorm_blows_up_within_the_sweep(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    found = sweep(digits, batchnorm=False, layers=2)
+    assert found.explode_lr is not None and found.explode_kind in ("nan", "inf", "explode")  # type: ignore[attr-defined]
+    assert 1e-4 < found.best_lr < found.explode_lr < 100  # type: ignore[attr-defined]
+    # The loss at the edge is past the divergence rule's threshold: a trial at that rate would be DIVERGED.
+    assert found.lrs[-1] == found.explode_lr or found.explode_step == len(found.lrs)  # type: ignore[attr-defined]
+
+
+def test_deeper_nets_find_their_edge_no_higher(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Measured on digits (SGD, batchnorm): 2 layers undo their training from about 6, 4 to 8 layers from about 5.
+    Without batchnorm, 6 and more layers do not learn at any rate of the sweep: no edge, so no cap."""
+    edges = [sweep(digits, batchnorm=True, layers=n).explode_lr for n in (2, 6)]  # type: ignore[attr-defined]
+    assert all(e is not None for e in edges)
+    assert edges[1] <= edges[0] * 1.5  # no higher, within one sweep step's spread of the rule
+
+
+def test_the_depths_spread_over_the_space() -> None:
+    assert depths(2, 4) == [2, 3, 4]
+    assert depths(2, 10) == [2, 5, 7, 10]
+
+
+def test_run_probe_caps_the_rates_and_a_resume_reuses_it(runner: CliRunner, in_tmp: Path) -> None:
+    args = ["run", "--study", "p", "--probe", "--lr", "1e-3:10", "--optimizer", "sgd", "--batchnorm", "false",
+            "--layers", "2:3", "--epochs", "1", "--folds", "2", "--max-samples", "300", "--threads", "1",
+            "--pruner", "none", "--seed", "0"]
+    first = runner.invoke(app, [*args, "-n", "6"])
+    assert first.exit_code == 0, first.output
+    study = optuna.load_study(study_name="p", storage="sqlite:///studies/p.db")
+    found = stored(study)
+    assert found and {p.layers for p in found} == {2, 3}
+    for t in study.trials:
+        bound = cap_for(found, t.params)
+        assert bound is not None
+        if t.params["lr"] > bound.cap:  # never trained: pruned at once, with why
+            assert t.state == optuna.trial.TrialState.PRUNED and "lr_above_cap" in t.user_attrs
+            assert "fold_scores" not in t.user_attrs
+        else:
+            assert "lr_above_cap" not in t.user_attrs
+    before = study.user_attrs[PROBE_ATTR]
+    again = runner.invoke(app, [*args, "-n", "7"])
+    assert again.exit_code == 0, again.output
+    assert optuna.load_study(study_name="p", storage="sqlite:///studies/p.db").user_attrs[PROBE_ATTR] == before
+
+
+def test_the_probe_command_prints_the_edges(runner: CliRunner, in_tmp: Path) -> None:
+    result = runner.invoke(app, ["probe", "--optimizer", "sgd", "--batchnorm", "false", "--layers", "2",
+                                 "--lr", "1e-3:10", "--threads", "1", "--max-samples", "400"])
+    assert result.exit_code == 0, result.output
+    assert "Learning-rate probe" in result.stdout and "1 range tests in" in result.stdout
+
+
+def test_a_probe_over_a_fixed_rate_is_refused(runner: CliRunner, in_tmp: Path) -> None:
+    result = runner.invoke(app, ["probe", "--lr", "0.01"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("Error: --probe: --lr is fixed at 0.01; the probe bounds a range of learning "
+                                     "rates, give one, e.g. --lr 1e-4:1")
+    assert not (in_tmp / "studies").exists()
