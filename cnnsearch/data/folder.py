@@ -8,7 +8,6 @@ next run reads one file instead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -164,18 +163,16 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, blob: dict[str, Any]) -> str | None:
-    """Write atomically; return a warning instead of failing when the cache folder is not writable."""
+    """Write atomically; return a warning instead of failing when the cache cannot be written."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from cnnsearch.runtime.atomic import atomic_paths
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # readers never see a half-written file
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        return f"could not write the image cache {path} ({exc.strerror or exc}); the next run decodes again"
+        with atomic_paths([path]) as (tmp,):  # readers never see a half-written file
+            torch.save(blob, tmp)
+    except CnnSearchError as exc:
+        return f"could not write the image cache ({exc.message}); the next run decodes again"
     return None
 
 

@@ -231,15 +231,29 @@ def retrain(study: optuna.Study, out_dir: Path) -> RetrainResult:
         "n_train": len(data.y),
         "train_seconds": round(seconds, 3),
     }
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.state_dict(), out_dir / MODEL_FILE)
-        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    except OSError as exc:
-        raise CnnSearchError(f"--out: cannot write to {out_dir}: {exc.strerror or exc}", exit_code=RUNTIME) from None
+    save_results(out_dir, result.model.state_dict(), config, metrics)
     return RetrainResult(study.study_name, trial.number, dict(trial.params), float(trial.value or 0.0),
                          trial.user_attrs.get("cv_std"), epochs, len(data.y), seconds, scores, out_dir)
+
+
+def save_results(out_dir: Path, state: Mapping[str, Any], config: Mapping[str, Any],
+                 metrics: Mapping[str, Any]) -> None:
+    """Write model.pt, config.json and metrics.json into ``out_dir``, all three or none.
+
+    Each goes to a temporary file beside its target, and the three are moved into place only once all were
+    written, so a full disk or a file-size limit leaves the previous retrain's files whole and consistent.
+    """
+    import torch
+
+    from cnnsearch.runtime.atomic import atomic_paths
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CnnSearchError(f"--out: {out_dir} is a file, not a folder", exit_code=RUNTIME)
+    with atomic_paths([out_dir / MODEL_FILE, out_dir / CONFIG_FILE, out_dir / METRICS_FILE],
+                      label="--out") as (model_tmp, config_tmp, metrics_tmp):
+        torch.save(state, model_tmp)
+        config_tmp.write_text(json.dumps(config, indent=2) + "\n")
+        metrics_tmp.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
