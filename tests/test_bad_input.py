@@ -14,7 +14,10 @@ import json
 import os
 import pickle
 import random
+import shutil
 import sqlite3
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
-from tests.conftest import TINY
+from tests.conftest import TINY, cli_env
 
 REF = ["run", "--study", "ref", "-n", "3", *TINY]
 """A run that would add a trial to the reference study, were its bad input not caught first."""
@@ -454,3 +457,74 @@ def test_cases_hit_the_study_they_protect(runner: CliRunner, in_tmp: Path, refer
     result = runner.invoke(app, REF)
     assert result.exit_code == 0, result.output
     assert len(study_state(db)[1]) == 3
+
+
+# --- permissions: as root, file modes bind only once CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH are dropped, so
+# these cases run `cnnsearch` in a subprocess under setpriv (the command the issue names); elsewhere they need
+# a non-root user, for whom the modes bind anyway.
+UNPRIVILEGED = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"] \
+    if os.geteuid() == 0 else []
+
+
+def unreadable_class(root: Path) -> None:
+    for name in ("a", "b"):
+        (root / "imgs" / name).mkdir(parents=True)
+        for i in range(10):
+            (root / "imgs" / name / f"{i}.png").write_bytes(png(root))
+    (root / "imgs" / "b").chmod(0o000)
+
+
+PERMISSION_CASES: dict[str, tuple[list[str], list[str], Callable[[Path], None]]] = {
+    "read-only-study": (REF, ["the study studies/ref.db is read-only", "show, best and export"],
+                        lambda root: (root / "studies" / "ref.db").chmod(0o444)),
+    "read-only-studies-folder": (["run", "--study", "new", *TINY], ["the folder studies is read-only", "new.db"],
+                                 lambda root: (root / "studies").chmod(0o555)),
+    "unreadable-class-folder": ([*REF, "--dataset", "folder:imgs"],
+                                ["cannot read the class folder 'b'", "Permission denied"], unreadable_class),
+}
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv to drop root's "
+                    "capabilities")
+@pytest.mark.parametrize("name", list(PERMISSION_CASES))
+def test_permissions(name: str, in_tmp: Path, reference: Path) -> None:
+    args, words, prepare = PERMISSION_CASES[name]
+    db = in_tmp / "studies" / "ref.db"
+    copy_db(reference, db)
+    study_before, bytes_before = study_state(db), db.read_bytes()
+    prepare(in_tmp)
+    try:
+        done = subprocess.run([*UNPRIVILEGED, sys.executable, "-m", "cnnsearch", *args], cwd=in_tmp,
+                              env=cli_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        for path in (in_tmp / "studies", db, in_tmp / "imgs" / "b"):
+            if path.exists():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    assert db.read_bytes() == bytes_before and study_state(db) == study_before
+    left = {p.name for p in (in_tmp / "studies").iterdir()} - {"ref.db-wal", "ref.db-shm"}  # this test's reads
+    assert left == {"ref.db"}  # no lock file, no new study
+
+
+def test_folder_entries_that_cannot_be_used_are_skipped_with_a_warning(runner: CliRunner, in_tmp: Path) -> None:
+    """A broken symlink, a symlink loop and a name that is not UTF-8 each cost one skipped entry, not the run."""
+    for name in ("a", "b"):
+        (in_tmp / "imgs" / name).mkdir(parents=True)
+        for i in range(10):
+            (in_tmp / "imgs" / name / f"{i}.png").write_bytes(png(in_tmp))
+    (in_tmp / "imgs" / "a" / "x.png").symlink_to(in_tmp / "nowhere.png")  # broken
+    (in_tmp / "imgs" / "a" / "loop").symlink_to(in_tmp / "imgs" / "a")  # a folder inside itself
+    os.close(os.open(os.path.join(os.fsencode(in_tmp / "imgs" / "b"), b"\xff\xfe.png"), os.O_CREAT | os.O_WRONLY))
+    result = runner.invoke(app, ["run", "--study", "f", "--dataset", "folder:imgs", "-n", "1", "--epochs", "1",
+                                 "--folds", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    warning = next(line for line in result.output.splitlines() if "skipped 3 entries" in line)
+    for word in ("a/x.png (a broken symlink)", "a/loop (a symlink loop", "b/\\xff\\xfe.png (its name is not valid "
+                 "UTF-8)"):
+        assert word in warning, f"{word!r} not in {warning!r}"
