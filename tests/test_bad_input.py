@@ -528,3 +528,18 @@ def test_folder_entries_that_cannot_be_used_are_skipped_with_a_warning(runner: C
     for word in ("a/x.png (a broken symlink)", "a/loop (a symlink loop", "b/\\xff\\xfe.png (its name is not valid "
                  "UTF-8)"):
         assert word in warning, f"{word!r} not in {warning!r}"
+
+
+def test_evaluate_with_a_damaged_metrics_json_still_scores(runner: CliRunner, in_tmp: Path) -> None:
+    """metrics.json is only compared with: a damaged one is a note, not an abort after the scoring."""
+    from cnnsearch.results.retrain import evaluate_saved
+
+    (in_tmp / "m").mkdir()
+    (in_tmp / "m" / "model.pt").write_bytes(saved_model(in_tmp))
+    (in_tmp / "m" / "config.json").write_text(saved_config())
+    (in_tmp / "m" / "metrics.json").write_text('{"test_accuracy": 0.9')
+    result = runner.invoke(app, EVAL)
+    assert result.exit_code == 0, result.output
+    assert "Test accuracy: " in result.stdout and "Traceback" not in result.output
+    notes = evaluate_saved(Path("m/model.pt")).notes
+    assert len(notes) == 1 and notes[0].startswith("cannot read the metrics m/metrics.json"), notes
