@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,15 @@ def test_every_code_block_is_closed(doc: str) -> None:
         assert lines[closing - 1].strip() == "```", \
             f"{doc}: the code block opened on line {opening} is not closed before line {closing}"
     assert len(fences) % 2 == 0, f"{doc}: the code block opened on line {fences[-1]} is never closed"
+
+
+def test_every_promise_links_to_a_test_that_exists() -> None:
+    # docs/guide.md "What cnnsearch promises": each linked test file exists, and each test named there is in it.
+    text = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
+    section = text[text.index("## What cnnsearch promises"):]
+    section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    links = re.findall(r"\]\(\.\./tests/(test_\w+\.py)\)", section)
+    assert len(links) >= 6, links
+    sources = "".join((ROOT / "tests" / name).read_text(encoding="utf-8") for name in set(links))
+    for name in re.findall(r"`(test_\w+)`", section):
+        assert f"def {name}(" in sources, f"docs/guide.md promises {name}, which no linked test file defines"
