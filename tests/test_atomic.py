@@ -56,6 +56,6 @@ def test_a_file_size_limit_keeps_the_old_file(tmp_path: Path) -> None:
 
 def test_a_folder_in_the_way_is_named(tmp_path: Path) -> None:
     (tmp_path / "a.png").mkdir()
-    with pytest.raises(CnnSearchError, match="cannot write .*a.png: Is a directory"):
+    with pytest.raises(CnnSearchError, match=r"cannot write .*a\.png: Is a directory"):
         write_bytes(tmp_path / "a.png", b"png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -50,9 +50,9 @@ def test_checking_a_study_file_in_use_keeps_this_process_s_sqlite_locks(tmp_path
     this process holds on the file, its live SQLite connections' included. Another process closing its
     connection then took the file for its own, checkpointed and deleted the WAL under ours: with two workers
     that corrupted a study ("database disk image is malformed")."""
-    from cnnsearch.store.storage import check_sqlite_file
-
     import optuna
+
+    from cnnsearch.store.storage import check_sqlite_file
 
     db = tmp_path / "s.db"
     optuna.storages.RDBStorage(f"sqlite:///{db}").engine.dispose()  # Optuna's whole schema: the check accepts it
