@@ -303,7 +303,7 @@ CASES: dict[str, Case] = {
     "max-samples-below-classes": Case(["run", "--study", "ref", "-n", "3", "--epochs", "1", "--folds", "2",
                                        "--max-samples", "12"], 2, ["--max-samples 12", "10 classes", "20"]),
     # --- settings that slipped through: NaN, seeds beyond numpy's, names beyond the file system's
-    "timeout-nan": Case([*REF, "--timeout", "nan"], 2, ["--timeout must be a number but got nan"]),
+    "timeout-nan": Case([*REF, "--timeout", "nan"], 2, ["--timeout must be a positive number", "got nan"]),
     "behind-margin-nan": Case([*REF, "--behind-margin", "nan"], 2, ["--behind-margin", "nan"]),
     "config-timeout-nan": Case(["run", "--config", "c.toml"], 2, ["run.timeout in c.toml", "nan"],
                                files={"c.toml": BASE + "timeout = nan\n"}),

@@ -129,10 +129,6 @@ class RunSettings:
         for name, kind in (("pruner", Pruner), ("device", Device), ("precision", Precision),
                            ("pack_folds", PackFolds)):
             object.__setattr__(self, name, choice(kind, getattr(self, name), f"--{name.replace('_', '-')}"))
-        for f in fields(self):  # NaN fails no comparison: name it before the checks below, which it would pass
-            value = getattr(self, f.name)
-            if isinstance(value, float) and math.isnan(value):
-                raise CnnSearchError(f"--{f.name.replace('_', '-')} must be a number but got nan")
         checks: list[tuple[str, bool, str]] = [
             ("--n-trials", self.n_trials >= 1, "at least 1"),
             ("--folds", self.folds >= 2, "at least 2"),
@@ -149,9 +145,10 @@ class RunSettings:
             ("--image-size", self.image_size is None or self.image_size >= 4, "at least 4 (pixels)"),
         ]
         for label, ok, allowed in checks:
-            if not ok:
-                attr = label[2:].replace("-", "_")
-                raise CnnSearchError(f"{label} must be {allowed} but got {getattr(self, attr)}")
+            attr = label[2:].replace("-", "_")
+            value = getattr(self, attr)
+            if not ok or (isinstance(value, float) and math.isnan(value)):  # NaN: refused whatever the check says
+                raise CnnSearchError(f"{label} must be {allowed} but got {value}")
         if self.pack_folds == PackFolds.on and self.precision != Precision.fp32:
             raise CnnSearchError(PACK_PRECISION_ERROR)
         check_name(self.dataset)
