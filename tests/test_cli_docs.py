@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,15 @@ def test_the_tuned_defaults_table_is_up_to_date() -> None:
     from cnnsearch.config.defaults import TABLE
 
     assert all(f"`{t.name}`" in page for t in TABLE)
+
+
+def test_every_promise_links_to_a_test_that_exists() -> None:
+    # docs/guide.md "What cnnsearch promises": each linked test file exists, and each test named there is in it.
+    text = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
+    section = text[text.index("## What cnnsearch promises"):]
+    section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    links = re.findall(r"\]\(\.\./tests/(test_\w+\.py)\)", section)
+    assert len(links) >= 6, links
+    sources = "".join((ROOT / "tests" / name).read_text(encoding="utf-8") for name in set(links))
+    for name in re.findall(r"`(test_\w+)`", section):
+        assert f"def {name}(" in sources, f"docs/guide.md promises {name}, which no linked test file defines"

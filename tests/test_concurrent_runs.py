@@ -50,14 +50,16 @@ def test_checking_a_study_file_in_use_keeps_this_process_s_sqlite_locks(tmp_path
     this process holds on the file, its live SQLite connections' included. Another process closing its
     connection then took the file for its own, checkpointed and deleted the WAL under ours: with two workers
     that corrupted a study ("database disk image is malformed")."""
+    import optuna
+
     from cnnsearch.store.storage import check_sqlite_file
 
     db = tmp_path / "s.db"
+    optuna.storages.RDBStorage(f"sqlite:///{db}").engine.dispose()  # Optuna's whole schema: the check accepts it
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
-        con.execute("CREATE TABLE studies (x)")  # an Optuna table name: the check accepts the file
-        con.execute("INSERT INTO studies VALUES (1)")
+        con.execute("INSERT INTO studies (study_id, study_name) VALUES (1, 's')")
         con.commit()
         con.execute("SELECT * FROM studies").fetchall()  # this connection now holds its shared lock on the file
         check_sqlite_file(db)
@@ -66,6 +68,6 @@ def test_checking_a_study_file_in_use_keeps_this_process_s_sqlite_locks(tmp_path
         other = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT * FROM studies'); c.close()"
         subprocess.run([sys.executable, "-c", other, str(db)], check=True, timeout=60)
         assert Path(f"{db}-wal").exists(), "this process lost its SQLite lock: the other process took the WAL away"
-        assert con.execute("SELECT x FROM studies").fetchall() == [(1,)]
+        assert con.execute("SELECT study_id FROM studies").fetchall() == [(1,)]
     finally:
         con.close()

@@ -144,6 +144,10 @@ def test_folder_errors_name_the_problem(tmp_path: Path, data_cache: Path) -> Non
         load_folder(tmp_path / "flat", image_size=None, strict=False, cache_dir=data_cache)
     (tmp_path / "flat" / "cat").mkdir()
     (tmp_path / "flat" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(CnnSearchError, match="holds one class subfolder \\('cat'\\); a classifier needs two"):
+        load_folder(tmp_path / "flat", image_size=None, strict=False, cache_dir=data_cache)
+    (tmp_path / "flat" / "dog").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "flat" / "dog" / "a.png")
     with pytest.raises(CnnSearchError, match="class folder 'cat' holds no images"):
         load_folder(tmp_path / "flat", image_size=None, strict=False, cache_dir=data_cache)
 

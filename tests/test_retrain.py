@@ -100,3 +100,34 @@ def test_evaluate_errors(runner: CliRunner, in_tmp: Path) -> None:
     no_config = runner.invoke(app, ["evaluate", "--model", "m/model.pt"])
     assert no_config.exit_code == 2
     assert "the configuration m/config.json is missing" in no_config.stderr
+
+
+def test_a_retrain_stopped_by_a_file_size_limit_leaves_the_previous_files_whole(
+        runner: CliRunner, mixed_db: Path, in_tmp: Path) -> None:
+    """RLIMIT_FSIZE makes the second retrain's model.pt fail half way (torch raises; a full disk does the same):
+    the first retrain's model, config and metrics stay byte for byte, and no temporary file is left."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    copy_db(mixed_db, in_tmp / "studies" / "s.db")
+    first = runner.invoke(app, ["retrain", "--study", "s", "--threads", "1"])
+    assert first.exit_code == 0, first.output
+    out = in_tmp / "studies" / "s"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    limit = len(before["model.pt"]) // 2
+    assert limit > 40_000  # above the SQLite files the retrain also touches (the 32 KiB -shm)
+    script = ("import resource, runpy, sys\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+              "sys.argv = ['cnnsearch', 'retrain', '--study', 's', '--threads', '1']\n"
+              "runpy.run_module('cnnsearch', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=in_tmp, env=cli_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"Error: --out: cannot write studies/s/model.pt: File too large "
+                                                f"(the file-size limit, ulimit -f, is {limit} bytes)"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same files, same bytes, no temporaries
+    again = runner.invoke(app, ["evaluate", "--model", str(out / "model.pt")])
+    assert again.exit_code == 0, again.output

@@ -8,6 +8,7 @@ optuna, pandas) are imported inside the commands, so ``--help`` stays instant.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -74,9 +75,30 @@ for command in (search.worker, results.show, results.best, search.init, results.
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Output that cannot be written (a full device, a closed pipe) is an error, exit 1,
+    not a silent success."""
+    code: Any = 0
     try:
-        sys.exit(app())
+        problem = None
+        try:
+            app()
+        except SystemExit as exc:
+            code = exc.code
+        except OSError as exc:  # a write to stdout failed inside the command
+            problem = str(exc.strerror or exc)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's own final flush must not fail
+        if sys.stdout is None:
+            problem = "it is closed"
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError as exc:
+            problem = str(exc.strerror or exc)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's own final flush must not fail
+        if problem is not None and code in (0, None):
+            err_console.print(f"Error: cannot write to stdout: {problem}", markup=False, highlight=False)
+            code = 1
+        sys.exit(code)
     finally:
         _before_exit()
 

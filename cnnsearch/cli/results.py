@@ -150,6 +150,8 @@ def evaluate(
                   f"(study {result.study}, trial {result.trial}).")
     console.print(per_class_table(s.classes, s.confusion))
     console.print(confusion_table(s.classes, s.confusion))
+    for note in result.notes:
+        err_console.print(f"Warning: {note}", markup=False, highlight=False)
     if result.saved_accuracy is not None:
         same = abs(result.saved_accuracy - s.accuracy) < 1e-12
         console.print(f"The retrain recorded {100 * result.saved_accuracy:.2f}%: "

@@ -55,16 +55,26 @@ ALL_KEYS: tuple[str, ...] = (
 """Every key a file may hold, dotted; unknown keys get a suggestion from this list."""
 
 
+MAX_CONFIG_BYTES = 2**20
+"""The most a configuration file may hold: ``init`` writes about 5 KB."""
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """Parse ``path`` as TOML (or JSON, by its suffix); every problem is one line naming the file."""
     if not path.exists():
         raise CnnSearchError(f"--config: no such file: {path}")
     if path.is_dir():
         raise CnnSearchError(f"--config: {path} is a folder, not a configuration file")
+    if not path.is_file():
+        raise CnnSearchError(f"--config: {path} is not a regular file (a device or a pipe); name a TOML file")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise CnnSearchError(f"--config: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise CnnSearchError(f"--config: {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a configuration "
+                             "file is a few kilobytes")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(raw)

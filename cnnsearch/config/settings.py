@@ -45,6 +45,12 @@ class PackFolds(StrEnum):
 STUDY, DATA, SPACE, PRUNING, HARDWARE = "Study", "Data", "Search space", "Pruning", "Hardware"
 """The help panels of ``cnnsearch run --help``; the space's dimensions join the settings of the Search space."""
 
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+
+
+MAX_STUDY_NAME = 200  # bytes: the name makes file names (STUDY.db, STUDY.db-journal) within the usual 255
+
+
 PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchnorm refuses bf16 activations "
                         "with float32 statistics); use --precision fp32 or --pack-folds off")
 
@@ -130,7 +136,7 @@ class RunSettings:
             ("--n-trials", self.n_trials >= 1, "at least 1"),
             ("--folds", self.folds >= 2, "at least 2"),
             ("--epochs", self.epochs >= 1, "at least 1"),
-            ("--seed", self.seed >= 0, "0 or more"),
+            ("--seed", 0 <= self.seed <= MAX_SEED, f"0 or more and at most {MAX_SEED} (2**32 - 1)"),
             ("--explode", self.explode > 1, "greater than 1"),
             ("--behind-margin", self.behind_margin > 0, "a positive number of standard errors (inf: off)"),
             ("--cost-weight", 0 <= self.cost_weight < math.inf, "a finite number, 0 or more (0: plain TPE)"),
@@ -142,14 +148,18 @@ class RunSettings:
             ("--image-size", self.image_size is None or self.image_size >= 4, "at least 4 (pixels)"),
         ]
         for label, ok, allowed in checks:
-            if not ok:
-                attr = label[2:].replace("-", "_")
-                raise CnnSearchError(f"{label} must be {allowed} but got {getattr(self, attr)}")
+            attr = label[2:].replace("-", "_")
+            value = getattr(self, attr)
+            if not ok or (isinstance(value, float) and math.isnan(value)):  # NaN: refused whatever the check says
+                raise CnnSearchError(f"{label} must be {allowed} but got {value}")
         if self.pack_folds == PackFolds.on and self.precision != Precision.fp32:
             raise CnnSearchError(PACK_PRECISION_ERROR)
         check_name(self.dataset)
         if not self.study or any(c in self.study for c in "/\\:") or self.study.startswith("."):
             raise CnnSearchError(f"--study: {self.study!r} is not a valid name; use letters, digits, - and _")
+        if len(self.study.encode()) > MAX_STUDY_NAME:
+            raise CnnSearchError(f"--study: a name of {len(self.study.encode())} bytes ({self.study[:20]}...) is "
+                                 f"too long; at most {MAX_STUDY_NAME}, as it names the file studies/STUDY.db")
 
     @property
     def storage_url(self) -> str:

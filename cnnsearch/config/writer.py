@@ -192,7 +192,6 @@ def write_init(path: Path, *, force: bool = False) -> None:
         raise CnnSearchError(f"init: {path} is a folder; name a file such as {path / 'cnnsearch.toml'}")
     if path.exists() and not force:
         raise CnnSearchError(f"init: {path} already exists; pass --force to overwrite it")
-    try:
-        path.write_text(init_text(), encoding="utf-8")
-    except OSError as exc:
-        raise CnnSearchError(f"init: cannot write {path}: {exc.strerror}") from None
+    from cnnsearch.runtime.atomic import write_text
+
+    write_text(path, init_text(), label="init")

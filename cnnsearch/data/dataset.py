@@ -89,14 +89,25 @@ class Dataset:
                 f"search split {len(self.y)} images, test split {len(self.y_test)} ({kind}, never searched)")
 
 
-def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (search indices, test indices); an empty test part when ``fraction`` is 0."""
+def holdout_split(y: np.ndarray, fraction: float, seed: int,
+                  classes: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (search indices, test indices); an empty test part when ``fraction`` is 0.
+
+    A class with a single image cannot be split; it is named (from ``classes``) with its count.
+    """
     import numpy as np
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     if fraction == 0:
         return idx, idx[:0]
+    counts = np.bincount(y)
+    lonely = [int(k) for k in np.flatnonzero(counts == 1)]
+    if lonely:
+        names = [repr(classes[k]) if classes else str(k) for k in lonely]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise CnnSearchError(f"class {shown} ha{'ve' if len(names) > 1 else 's'} only 1 image; the held-out split "
+                             "needs at least 2 per class: add images, remove the class, or pass --test-fraction 0")
     try:
         search, test = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
     except ValueError as exc:
@@ -145,6 +156,12 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, max_sa
 
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     raw = load_raw(name, data_dir=root, download=download, image_size=image_size, strict=strict)
+    if len(np.unique(raw.y)) < 2:
+        raise CnnSearchError(f"--dataset {name}: holds one class ({raw.classes[int(raw.y[0])]!r}); a classifier "
+                             "needs two classes or more")
+    if max_samples is not None and max_samples < 2 * len(raw.classes):
+        raise CnnSearchError(f"--max-samples {max_samples} is fewer than 2 images for each of the "
+                             f"{len(raw.classes)} classes; use --max-samples {2 * len(raw.classes)} or more")
     if raw.x_test is not None and raw.y_test is not None:
         search, test = np.arange(len(raw.y)), np.arange(len(raw.y_test))
         if max_samples is not None:
@@ -154,7 +171,7 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2, max_sa
         x, y, x_test, y_test = raw.x[search], raw.y[search], raw.x_test[test], raw.y_test[test]
     else:
         keep = np.arange(len(raw.y)) if max_samples is None else subsample(raw.y, max_samples, seed)
-        inner_search, inner_test = holdout_split(raw.y[keep], test_fraction, seed)
+        inner_search, inner_test = holdout_split(raw.y[keep], test_fraction, seed, raw.classes)
         search, test = keep[inner_search], keep[inner_test]
         x, y, x_test, y_test = raw.x[search], raw.y[search], raw.x[test], raw.y[test]
     return Dataset(

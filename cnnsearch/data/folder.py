@@ -8,7 +8,6 @@ next run reads one file instead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -40,39 +39,107 @@ FileEntry = tuple[str, int, int, int]
 """(path relative to the root, class index, size in bytes, modification time in ns) of one image file."""
 
 
-def scan(root: Path) -> tuple[tuple[str, ...], list[FileEntry]]:
+def _printable(name: str) -> bool:
+    """Whether ``name`` is valid UTF-8 (``os.scandir`` hands back undecodable bytes as lone surrogates)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    return repr(os.fsencode(name))[2:-1] if not _printable(name) else name
+
+
+def scan(root: Path, warnings: list[str] | None = None) -> tuple[tuple[str, ...], list[FileEntry]]:
     """Class names and every image file, in a stable sorted order.
 
     Hidden folders and files (``.ipynb_checkpoints``, ``.DS_Store``) are not classes or images; files with
     no image extension are ignored. One ``scandir`` pass also reads each file's size and modification time,
-    which key the cache (a cache hit must cost little more than this scan).
+    which key the cache (a cache hit must cost little more than this scan). Entries that cannot be used, each
+    skipped with a line in ``warnings``: a name that is not valid UTF-8, a broken symlink, a symlink loop (a
+    folder reached twice), a subfolder that cannot be read.
     """
     label = f"--dataset folder:{root}"
+    skipped: list[str] = []
+
+    def skip(rel: str, why: str) -> None:
+        skipped.append(f"{_shown(rel)} ({why})")
+
     if not root.is_dir():
         raise CnnSearchError(f"{label}: no such folder" if not root.exists() else f"{label}: is not a folder")
-    classes = tuple(sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")))
+    try:
+        entries = list(os.scandir(root))
+    except OSError as exc:
+        raise CnnSearchError(f"{label}: cannot read it ({exc.strerror or exc})") from None
+    names: list[str] = []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        if not _printable(e.name):
+            if _is_dir(e):
+                skip(e.name, "its name is not valid UTF-8")
+            continue
+        if _is_dir(e):
+            names.append(e.name)
+    classes = tuple(sorted(names))
     if not classes:
         raise CnnSearchError(f"{label}: holds no class subfolders; put each class's images in its own subfolder")
+    if len(classes) == 1:
+        raise CnnSearchError(f"{label}: holds one class subfolder ({classes[0]!r}); a classifier needs two "
+                             "classes or more")
     exts = image_extensions()
     files: list[FileEntry] = []
     for index, name in enumerate(classes):
         found: list[FileEntry] = []
         pending = [name]
+        seen: set[tuple[int, int]] = set()  # (device, inode) of each folder walked: a symlink loop ends here
         while pending:
             rel_dir = pending.pop()
-            for entry in os.scandir(root / rel_dir):
+            try:
+                st_dir = os.stat(root / rel_dir)
+                if (st_dir.st_dev, st_dir.st_ino) in seen:
+                    skip(rel_dir, "a symlink loop: this folder was already read")
+                    continue
+                seen.add((st_dir.st_dev, st_dir.st_ino))
+                listing = sorted(os.scandir(root / rel_dir), key=lambda e: e.name)
+            except OSError as exc:
+                if rel_dir == name:
+                    raise CnnSearchError(f"{label}: cannot read the class folder {name!r} "
+                                         f"({exc.strerror or exc})") from None
+                skip(rel_dir, exc.strerror or str(exc))
+                continue
+            for entry in listing:
                 if entry.name.startswith("."):
                     continue
                 rel = f"{rel_dir}/{entry.name}"
-                if entry.is_dir():
+                if not _printable(entry.name):
+                    skip(rel, "its name is not valid UTF-8")
+                elif _is_dir(entry):
                     pending.append(rel)
                 elif os.path.splitext(entry.name)[1].lower() in exts:
-                    st = entry.stat()  # follows symlinks, like ImageFolder
+                    try:
+                        st = entry.stat()  # follows symlinks, like ImageFolder
+                    except OSError as exc:  # a broken symlink, a symlink loop
+                        skip(rel, "a broken symlink" if entry.is_symlink() else exc.strerror or str(exc))
+                        continue
                     found.append((rel, index, st.st_size, st.st_mtime_ns))
         if not found:
             raise CnnSearchError(f"{label}: class folder {name!r} holds no images")
         files += sorted(found)
+    if skipped and warnings is not None:
+        shown = ", ".join(skipped[:SHOW_PATHS]) + (f" and {len(skipped) - SHOW_PATHS} more"
+                                                   if len(skipped) > SHOW_PATHS else "")
+        warnings.append(f"skipped {len(skipped)} entr{'ies' if len(skipped) > 1 else 'y'} in {root}: {shown}")
     return classes, files
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def cache_key(files: list[FileEntry], image_size: int | None) -> str:
@@ -164,18 +231,16 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, blob: dict[str, Any]) -> str | None:
-    """Write atomically; return a warning instead of failing when the cache folder is not writable."""
+    """Write atomically; return a warning instead of failing when the cache cannot be written."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from cnnsearch.runtime.atomic import atomic_paths
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # readers never see a half-written file
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        return f"could not write the image cache {path} ({exc.strerror or exc}); the next run decodes again"
+        with atomic_paths([path]) as (tmp,):  # readers never see a half-written file
+            torch.save(blob, tmp)
+    except CnnSearchError as exc:
+        return f"could not write the image cache ({exc.message}); the next run decodes again"
     return None
 
 
@@ -191,11 +256,11 @@ def load_folder(root: Path, *, image_size: int | None, strict: bool, cache_dir: 
     import torch
 
     label = f"--dataset folder:{root}"
-    classes, files = scan(root)
+    warnings: list[str] = []
+    classes, files = scan(root, warnings)
     key = cache_key(files, image_size)
     path = cache_dir / f"{key[:32]}.pt"
     blob = _read_cache(path)
-    warnings: list[str] = []
     if blob is not None:
         x, y, skipped = blob["x"].numpy(), blob["y"].numpy(), list(blob["skipped"])
         content = str(blob["content"])

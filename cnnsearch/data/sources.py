@@ -183,6 +183,9 @@ def load_npz(path: Path) -> RawData:
     import numpy as np
 
     label = f"--dataset npz:{path}"
+    if path.is_dir():
+        raise CnnSearchError(f"{label}: is a folder, not an .npz file; for a folder of class subfolders write "
+                             f"folder:{path}")
     if not path.is_file():
         raise CnnSearchError(f"{label}: no such file")
     try:
@@ -197,6 +200,10 @@ def load_npz(path: Path) -> RawData:
         if key not in arrays:
             raise CnnSearchError(f"{label}: no array {key!r}; found {', '.join(arrays) or 'none'}; "
                                  f"expected x (images) and y (labels)")
+    for key in ("x", "y", "x_test", "y_test"):
+        if key in arrays and not isinstance(arrays[key], np.ndarray):  # numpy hands back a non-.npy member's bytes
+            raise CnnSearchError(f"{label}: member {key!r} is not a NumPy array (.npy); save the arrays with "
+                                 f"numpy.savez")
     has_test = "x_test" in arrays or "y_test" in arrays
     if has_test and not ("x_test" in arrays and "y_test" in arrays):
         raise CnnSearchError(f"{label}: has only one of x_test and y_test; give both or neither")
@@ -209,10 +216,24 @@ def load_npz(path: Path) -> RawData:
         if x_test.shape[1:] != x.shape[1:]:
             raise CnnSearchError(f"{label}: x_test images are {_chw(x_test)} but x images are {_chw(x)}; "
                                  f"both must have the same channels and size")
+    if y_test_raw is not None:
+        kinds = {"y": _label_kind(y_raw), "y_test": _label_kind(y_test_raw)}
+        if kinds["y"] != kinds["y_test"]:
+            raise CnnSearchError(f"{label}: y holds {kinds['y']} but y_test holds {kinds['y_test']}; both must "
+                                 f"hold labels of one kind")
+        unseen = sorted(set(y_test_raw.tolist()) - set(y_raw.tolist()))
+        if unseen:
+            shown = ", ".join(repr(v) for v in unseen[:3]) + (f" and {len(unseen) - 3} more" if len(unseen) > 3 else "")
+            raise CnnSearchError(f"{label}: y_test holds label{'s' if len(unseen) > 1 else ''} {shown} that y "
+                                 f"never holds; a class must occur in training to be tested")
     values = np.unique(y_raw if y_test_raw is None else np.concatenate([y_raw, y_test_raw]))
     y = np.searchsorted(values, y_raw).astype(np.int64)
     y_test = None if y_test_raw is None else np.searchsorted(values, y_test_raw).astype(np.int64)
     return RawData(x, y, tuple(str(v) for v in values), x_test, y_test, info=f"arrays from {path}")
+
+
+def _label_kind(a: np.ndarray) -> str:
+    return "strings" if a.dtype.kind == "U" else "integers"
 
 
 def _chw(x: np.ndarray) -> str:
@@ -234,6 +255,9 @@ def _npz_images(a: np.ndarray, key: str, label: str) -> np.ndarray:
         raise CnnSearchError(f"{label}: array {key} has shape {a.shape}; allowed: {allowed}")
     if len(a) == 0:
         raise CnnSearchError(f"{label}: array {key} holds no images (shape {a.shape})")
+    if min(a.shape[2:]) < 1:
+        raise CnnSearchError(f"{label}: array {key} holds images of {a.shape[2]}x{a.shape[3]} pixels (shape "
+                             f"{a.shape}); images must be at least 1x1")
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if a.dtype.kind in "iu":

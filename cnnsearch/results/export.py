@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cnnsearch.config.space import DIM_BY_NAME, DIMS
 from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.runtime.atomic import write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -192,12 +193,9 @@ def write_frame(frame: pd.DataFrame, out: Path, fmt: Format) -> None:
         sys.stdout.write(_render(frame, fmt))
         sys.stdout.flush()
         return
-    try:
-        if out.parent != Path(""):
-            out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_render(frame, fmt))
-    except OSError as exc:
-        raise CnnSearchError(f"--out: cannot write {out}: {exc.strerror or exc}", exit_code=RUNTIME) from None
+    if out.is_dir():
+        raise CnnSearchError(f"--out: {out} is a folder; name a file", exit_code=RUNTIME)
+    write_text(out, _render(frame, fmt), label="--out")  # a failure leaves an earlier export whole
 
 
 def export_study(study: optuna.Study, out: Path, fmt: Format, *, statuses: Sequence[str] | None = None) -> int:

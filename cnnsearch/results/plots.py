@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.results.plot_data import PlotData, Skip, gather, importances, need_complete
+from cnnsearch.runtime.atomic import atomic_paths
 
 if TYPE_CHECKING:
     import optuna
@@ -364,10 +365,7 @@ def make_plots(study: optuna.Study, out_dir: Path, *, dpi: int = 100, which: Seq
                 continue
             FigureCanvasAgg(fig)  # the Agg canvas renders the PNG; no GUI backend is involved
             path = out_dir / f"{name}.png"
-            try:
-                fig.savefig(path, dpi=dpi)
-            except OSError as exc:
-                raise CnnSearchError(f"--out: cannot write {path}: {exc.strerror or exc}",
-                                     exit_code=RUNTIME) from None
+            with atomic_paths([path], label="--out") as (tmp,):  # a failure leaves an earlier plot whole
+                fig.savefig(tmp, dpi=dpi, format="png")
             result.written.append(path)
     return result

@@ -106,6 +106,7 @@ class EvaluateResult:
     trial: int
     scores: TestScores
     saved_accuracy: float | None  # the test accuracy metrics.json recorded at retrain time, if present
+    notes: tuple[str, ...] = ()  # e.g. a metrics.json that could not be read, so nothing was compared
 
 
 def stored_run(settings: Mapping[str, Any], machine: Mapping[str, Any] | None = None) -> RunSettings:
@@ -245,15 +246,29 @@ def retrain(study: optuna.Study, out_dir: Path, machine: Mapping[str, Any] | Non
         "n_train": len(data.y),
         "train_seconds": round(seconds, 3),
     }
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out_dir / MODEL_FILE)
-        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    except OSError as exc:
-        raise CnnSearchError(f"--out: cannot write to {out_dir}: {exc.strerror or exc}", exit_code=RUNTIME) from None
+    save_results(out_dir, {k: v.cpu() for k, v in result.model.state_dict().items()}, config, metrics)
     return RetrainResult(study.study_name, trial.number, dict(trial.params), float(trial.value or 0.0),
                          trial.user_attrs.get("cv_std"), run.epochs, len(data.y), seconds, scores, out_dir)
+
+
+def save_results(out_dir: Path, state: Mapping[str, Any], config: Mapping[str, Any],
+                 metrics: Mapping[str, Any]) -> None:
+    """Write model.pt, config.json and metrics.json into ``out_dir``, all three or none.
+
+    Each goes to a temporary file beside its target, and the three are moved into place only once all were
+    written, so a full disk or a file-size limit leaves the previous retrain's files whole and consistent.
+    """
+    import torch
+
+    from cnnsearch.runtime.atomic import atomic_paths
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CnnSearchError(f"--out: {out_dir} is a file, not a folder", exit_code=RUNTIME)
+    with atomic_paths([out_dir / MODEL_FILE, out_dir / CONFIG_FILE, out_dir / METRICS_FILE],
+                      label="--out") as (model_tmp, config_tmp, metrics_tmp):
+        torch.save(state, model_tmp)
+        config_tmp.write_text(json.dumps(config, indent=2) + "\n")
+        metrics_tmp.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -268,8 +283,86 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "version": (int, "an integer"),
+    "study": (str, "a string"),
+    "trial": (int, "an integer"),
+    "params": (dict, "an object"),
+    "settings": (dict, "an object"),
+    "classes": (list, "a list of class names"),
+    "input": (dict, "an object with channels, height and width"),
+    "normalisation": (dict, "an object with scale and shift"),
+}
+"""The keys of config.json that :func:`load_saved` and :func:`evaluate_saved` read, with their JSON types."""
+
+
+PARAM_CHECKS: dict[str, tuple[Any, str]] = {
+    "lr": (lambda v: _number(v) and v > 0, "a number above 0"),
+    "decay": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "l2": (lambda v: _number(v) and v >= 0, "a number, 0 or more"),
+    "dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "batch_size": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "layers": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "width": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "growth": (lambda v: _number(v) and v > 0, "a number above 0"),
+    "pooling": (lambda v: v in ("max", "avg"), "max or avg"),
+    "batchnorm": (lambda v: isinstance(v, bool), "true or false"),
+    "head": (lambda v: v in ("gap", "fc"), "gap or fc"),
+    "optimizer": (lambda v: v in ("adam", "sgd"), "adam or sgd"),
+}
+"""What a saved trial's parameters must be for :func:`~cnnsearch.training.model.build_model` to rebuild it."""
+
+
+def _number(v: Any) -> bool:
+    import math
+
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_config(config: Mapping[str, Any], path: Path) -> None:
+    """Refuse a config.json that :func:`load_saved` could not rebuild a model from, naming the key and the file."""
+    def bad(key: str, allowed: str, value: Any = None, missing: bool = False) -> CnnSearchError:
+        got = "is missing" if missing else f"is {json.dumps(value)[:60]}"
+        return CnnSearchError(f"--model: {key} in {path} {got}; expected {allowed} (it is written by "
+                              "`cnnsearch retrain`)")
+
+    for key, (kind, allowed) in CONFIG_KEYS.items():
+        if key not in config:
+            raise bad(key, allowed, missing=True)
+        if not isinstance(config[key], kind) or (kind is int and isinstance(config[key], bool)):
+            raise bad(key, allowed, config[key])
+    if config["version"] != CONFIG_VERSION:
+        raise CnnSearchError(f"--model: {path} has version {config['version']!r}; this cnnsearch reads version "
+                             f"{CONFIG_VERSION}")
+    for key, (ok, allowed) in PARAM_CHECKS.items():
+        if key not in config["params"]:
+            raise bad(f"params.{key}", allowed, missing=True)
+        if not ok(config["params"][key]):
+            raise bad(f"params.{key}", allowed, config["params"][key])
+    classes = config["classes"]
+    if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "a list of two or more class names", classes)
+    for key in ("channels", "height", "width"):
+        value = config["input"].get(key)
+        if not _whole(value) or value < 1:
+            raise bad(f"input.{key}", "a whole number, at least 1", value, missing=key not in config["input"])
+    for key in ("scale", "shift"):
+        value = config["normalisation"].get(key)
+        if (not isinstance(value, list) or len(value) != config["input"]["channels"]
+                or not all(_number(v) for v in value)):
+            raise bad(f"normalisation.{key}", f"a list of {config['input']['channels']} numbers (one per channel)",
+                      value, missing=key not in config["normalisation"])
+
+
 def load_saved(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved by :func:`retrain` from ``config.json`` beside it and load its weights."""
+    import warnings
+    import zipfile
+
     import torch
 
     from cnnsearch.training.model import build_model
@@ -278,20 +371,45 @@ def load_saved(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not model_path.is_file():
         raise CnnSearchError(f"--model: no file at {model_path}; `cnnsearch retrain --study NAME` writes "
                              f"studies/NAME/{MODEL_FILE}")
-    config = _read_json(model_path.parent / CONFIG_FILE, "the configuration")
-    if config.get("version") != CONFIG_VERSION:
-        raise CnnSearchError(f"--model: {model_path.parent / CONFIG_FILE} has version {config.get('version')!r}; "
-                             f"this cnnsearch reads version {CONFIG_VERSION}")
+    config_path = model_path.parent / CONFIG_FILE
+    config = _read_json(config_path, "the configuration")
+    check_config(config, config_path)
     shape = config["input"]
-    model = build_model(params_from_dict(config["params"]), int(shape["channels"]),
-                        min(int(shape["height"]), int(shape["width"])), len(config["classes"]))
     try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
+        model = build_model(params_from_dict(config["params"]), int(shape["channels"]),
+                            min(int(shape["height"]), int(shape["width"])), len(config["classes"]))
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. more pooling stages than the image has pixels
+        raise CnnSearchError(f"--model: the params in {config_path} build no model for "
+                             f"{shape['height']}x{shape['width']} images ({exc})") from None
+    if not zipfile.is_zipfile(model_path):  # a raw pickle or anything else: torch would warn before refusing
+        raise CnnSearchError(f"--model: {model_path} is not a file written by torch.save (not a zip archive); "
+                             "it is written by `cnnsearch retrain`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the refusal below says all there is to say
+            state = torch.load(model_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # a truncated file or weights of another architecture: torch raises many types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CnnSearchError(f"--model: cannot load {model_path}: {first}") from None
     return model, config
+
+
+def _settings_data(config: Mapping[str, Any], config_path: Path, machine: Mapping[str, Any] | None) -> Dataset:
+    """The study's data from the settings in config.json; a bad setting is named as the key in that file."""
+    import re
+
+    try:
+        return dataset_for(config["settings"], machine)
+    except TypeError as exc:  # an unknown or misspelt setting
+        raise CnnSearchError(f"--model: settings in {config_path}: {exc}") from None
+    except CnnSearchError as exc:
+        match = re.match(r"--([a-z-]+)\b:? ?(.*)", exc.message)
+        if match is None:
+            raise
+        key = match.group(1).replace("-", "_")
+        raise CnnSearchError(f"--model: settings.{key} in {config_path}: {match.group(2)}",
+                             exit_code=exc.exit_code) from None
 
 
 def evaluate_saved(model_path: Path, machine: Mapping[str, Any] | None = None) -> EvaluateResult:
@@ -300,18 +418,30 @@ def evaluate_saved(model_path: Path, machine: Mapping[str, Any] | None = None) -
     import torch
 
     model, config = load_saved(model_path)
-    data = dataset_for(config["settings"], machine)
+    data = _settings_data(config, model_path.parent / CONFIG_FILE, machine)
     _check_test_split(data, config["study"])
     shape = config["input"]
     if data.shape != (shape["channels"], shape["height"], shape["width"]):
         raise CnnSearchError(f"--model: the model expects images of shape {tuple(shape.values())}, but the data "
                              f"now loads as {data.shape}")
+    if len(config["classes"]) != data.n_classes:
+        raise CnnSearchError(f"--model: the model has {len(config['classes'])} classes, but the data now has "
+                             f"{data.n_classes}")
     norm = config["normalisation"]
     scale = torch.tensor(norm["scale"], dtype=torch.float32).view(1, -1, 1, 1)
     shift = torch.tensor(norm["shift"], dtype=torch.float32).view(1, -1, 1, 1)
     scores = score(model, data.x_test, data.y_test, scale, shift, config["classes"],
                    precision=str(config["settings"].get("precision", "fp32")))
     metrics_path = model_path.parent / METRICS_FILE
-    saved = _read_json(metrics_path, "the metrics").get("test_accuracy") if metrics_path.is_file() else None
+    saved: Any = None
+    notes: list[str] = []
+    if metrics_path.is_file():
+        try:  # only compared with: a damaged metrics.json must not cost the score just computed
+            saved = _read_json(metrics_path, "the metrics").get("test_accuracy")
+            if saved is not None and not _number(saved):
+                raise CnnSearchError(f"--model: test_accuracy in {metrics_path} is {saved!r}, not a number")
+        except CnnSearchError as exc:
+            saved = None
+            notes.append(f"{exc.message.removeprefix('--model: ')}; nothing to compare with")
     return EvaluateResult(model_path, str(config["study"]), int(config["trial"]), scores,
-                          None if saved is None else float(saved))
+                          None if saved is None else float(saved), tuple(notes))

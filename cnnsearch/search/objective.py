@@ -135,7 +135,6 @@ class Objective:
         from cnnsearch.runtime import interrupts
         from cnnsearch.store.recovery import requeue
 
-        self.on_start()
         try:
             return self.train(trial)
         except KeyboardInterrupt:
@@ -165,6 +164,9 @@ class Objective:
         run = self.config.run
         params = suggest(trial, self.config.space)
         origin = self.begin(trial, params)
+        # The claim goes only once this process is recorded as the trial's: another worker's recovery, which runs
+        # holding the claim, could otherwise take the trial (re-queued from a dead one) for its dead owner's.
+        self.on_start()
         self.check_cap(trial, params)
         reused = self.take_over(trial)
         record = TrialRecord(trial, reused.scores, reused.l2_ratios, reused.curves, reused.seconds,

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from cnnsearch.errors import RUNTIME, CnnSearchError
+
 if TYPE_CHECKING:
     import optuna
 
@@ -36,7 +38,12 @@ class TrialClaim:
         self._key = int.from_bytes(hashlib.sha1(f"cnnsearch:{study_name}".encode()).digest()[:8], "big",
                                    signed=True)
         if sqlite_file is not None:
-            self._file = lock_path(sqlite_file).open("a+b")
+            lock = lock_path(sqlite_file)
+            try:
+                self._file = lock.open("a+b")
+            except OSError as exc:  # a folder by that name, a read-only folder: open_storage checks first
+                raise CnnSearchError(f"--storage: cannot open the lock file {lock}: {exc.strerror or exc}",
+                                     exit_code=RUNTIME) from None
         elif storage.engine.name == "postgresql":
             self._conn = storage.engine.connect()
 

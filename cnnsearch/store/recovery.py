@@ -106,11 +106,13 @@ def recover_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage
     if not running:
         return []
     already = _requeued_numbers(trials)
+    by_number = {t.number: t for t in trials}
     now = datetime.datetime.now()
     recovered = []
     for t in running:
-        gone = gone_from_this_host(t.user_attrs)
-        if gone is None and "pid" not in t.user_attrs and t.datetime_start is not None:
+        inherited = _inherited_identity(t, by_number)
+        gone = None if inherited else gone_from_this_host(t.user_attrs)
+        if gone is None and (inherited or "pid" not in t.user_attrs) and t.datetime_start is not None:
             gone = (now - t.datetime_start).total_seconds() > ORPHAN_AFTER
         if not gone:
             continue
@@ -122,6 +124,22 @@ def recover_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage
         if requeue_done:
             recovered.append(t.number)
     return recovered
+
+
+def _inherited_identity(trial: optuna.trial.FrozenTrial, by_number: dict[int, optuna.trial.FrozenTrial]) -> bool:
+    """Whether a re-queued trial still shows the process identity of the trial it retries.
+
+    A re-queued trial inherits its predecessor's user attributes, the dead process's id among them, and its
+    new worker writes its own a few milliseconds after taking it (after releasing the claim). In between,
+    another worker's recovery must not take the dead process for this trial's: that failed a live trial 48 ms
+    after it started, and its worker then died with "Cannot tell a FAIL trial".
+    """
+    history = trial.system_attrs.get("retry_history") or []
+    previous = by_number.get(history[-1]) if history else None
+    if previous is None:
+        return False
+    keys = ("host", "boot", "pid", "pid_start")
+    return all(trial.user_attrs.get(k) == previous.user_attrs.get(k) for k in keys)
 
 
 def _fail_only(storage: optuna.storages.RDBStorage, study: optuna.Study, number: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -22,8 +24,22 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
-OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
-"""Tables by which an SQLite file is recognised as an Optuna storage (Optuna creates ``studies`` first)."""
+OPTUNA_TABLES = frozenset({
+    "studies", "version_info", "study_directions", "study_user_attributes", "study_system_attributes", "trials",
+    "trial_user_attributes", "trial_system_attributes", "trial_params", "trial_values", "trial_intermediate_values",
+    "trial_heartbeats", "alembic_version",
+})
+"""Optuna's whole schema (its 12 tables and alembic's version table): a non-empty SQLite file is taken for an
+Optuna storage only when it holds all of them, nothing else, and a schema version this Optuna reads."""
+
+
+SCHEMA_WAIT = 3.0  # seconds to wait for a half-made Optuna schema (another process creating it) to complete
+
+
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
+
+
+LONGEST_SUFFIX = len(".db-journal")  # SQLite and the claim add files named after the database
 
 
 HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
@@ -42,9 +58,85 @@ def sqlite_path(url: str) -> Path | None:
     if not rest.startswith("///"):
         raise CnnSearchError(f"--storage: {url!r} is not a SQLite URL; write sqlite:///path/to/file.db")
     path = rest[3:]
+    if "?" in path:
+        # SQLAlchemy would read "?mode=ro" as options while sqlite3 here would create a file named with it: the
+        # two would disagree on which file is the study, so no option is taken.
+        query = path[path.index("?"):]
+        raise CnnSearchError(f"--storage: {url!r} has a query string ({query}); cnnsearch takes no SQLite URL "
+                             "options: name the file alone (show, best and export only ever read it)")
     if path in ("", ":memory:"):
         raise CnnSearchError(f"--storage: {url!r} names no file; an in-memory study could not be resumed")
+    for part in Path(path).parts:
+        if len(part.encode()) > NAME_MAX - LONGEST_SUFFIX:
+            raise CnnSearchError(f"--storage: the name {part[:40]}... in {url[:60]}... is {len(part.encode())} "
+                                 f"bytes long; file names here may be at most {NAME_MAX - LONGEST_SUFFIX} bytes")
     return Path(path)
+
+
+@functools.cache
+def optuna_schema_versions() -> tuple[str, list[str]]:
+    """(the schema version this Optuna reads, every version it knows), from the migrations Optuna ships."""
+    import inspect
+
+    import optuna
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(Path(inspect.getfile(optuna.storages.RDBStorage)).parent / "alembic"))
+    head = scripts.get_current_head()
+    assert head is not None
+    return head, [r.revision for r in scripts.walk_revisions()]
+
+
+def _read_schema(path: Path) -> tuple[set[str], str | None, str | None]:
+    """(tables, alembic revision, Optuna version that wrote version_info) of an SQLite file, read only."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = library = None
+        with contextlib.suppress(sqlite3.Error):
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = None if row is None else str(row[0])
+        with contextlib.suppress(sqlite3.Error):
+            row = con.execute("SELECT library_version FROM version_info").fetchone()
+            library = None if row is None else str(row[0])
+    finally:
+        con.close()
+    return tables, revision, library
+
+
+def check_optuna_schema(path: Path) -> None:
+    """Refuse an SQLite file that is neither empty nor a whole Optuna schema of the version this Optuna reads.
+
+    Nothing is written. A schema with Optuna's tables only but not all of them may be another process creating
+    the study this moment: it is given :data:`SCHEMA_WAIT` seconds to complete.
+    """
+    import optuna
+
+    head, known = optuna_schema_versions()
+    deadline = time.monotonic() + SCHEMA_WAIT
+    while True:
+        try:
+            tables, revision, library = _read_schema(path)
+        except sqlite3.DatabaseError as exc:
+            raise CnnSearchError(f"--storage: {path} is a damaged SQLite database ({exc})") from None
+        if not tables:
+            return
+        if revision is not None and revision != head and library is not None and "studies" in tables:
+            made_by = f"Optuna {library}" if library else "another Optuna"
+            if revision in known:
+                raise CnnSearchError(f"--storage: {path} was made by {made_by} (schema {revision}); this Optuna "
+                                     f"({optuna.__version__}) reads schema {head}: back the file up, then run "
+                                     f"`optuna storage upgrade --storage sqlite:///{path}`")
+            raise CnnSearchError(f"--storage: {path} was made by {made_by} (schema {revision}), newer than this "
+                                 f"Optuna ({optuna.__version__}, schema {head}) reads; use that Optuna")
+        foreign = tables - OPTUNA_TABLES
+        if not foreign and tables == OPTUNA_TABLES and revision == head and library is not None:
+            return
+        if foreign or time.monotonic() >= deadline:
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise CnnSearchError(f"--storage: {path} is an SQLite database of some other program (tables: "
+                                 f"{shown}), not an Optuna study storage; name a new file")
+        time.sleep(0.2)
 
 
 def _header_size(header: bytes) -> int | None:
@@ -99,17 +191,28 @@ def check_sqlite_file(path: Path) -> None:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             result = con.execute("PRAGMA quick_check").fetchone()
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise CnnSearchError(f"--storage: {path} is a damaged SQLite database ({exc})") from None
     if not result or result[0] != "ok":
         raise CnnSearchError(f"--storage: {path} is a damaged SQLite database (quick_check: {result[0]})")
-    if tables and not tables & OPTUNA_TABLES:
-        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise CnnSearchError(f"--storage: {path} is an SQLite database of some other program (tables: {shown}), "
-                             "not an Optuna study storage; name a new file")
+    check_optuna_schema(path)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a study that this process cannot write (file mode, read-only mount, immutable file), before any
+    write: SQLite needs the database, its folder (for the WAL and shared-memory files) and the claim's lock file."""
+    from cnnsearch.store.claim import lock_path
+
+    lock = lock_path(path)
+    if lock.is_dir():
+        raise CnnSearchError(f"--storage: the lock file {lock} beside the study is a folder; remove it")
+    for target, what in ((path, "the study"), (path.parent, "the folder of the study"),
+                         (lock, "the study's lock file")):
+        if target.exists() and not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            raise CnnSearchError(f"--storage: {what} {target} is read-only; show, best and export can still "
+                                 f"read it, but run needs to write it")
 
 
 def existing_study_names(url: str) -> list[str]:
@@ -160,6 +263,8 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
             time.sleep(0.5)
         if path.exists():
             check_sqlite_file(path)
+            if create:
+                check_writable(path)
         elif not create:
             raise CnnSearchError(f"--storage: no study database at {path}; studies that exist: {_studies_hint(url)}")
         else:
@@ -170,8 +275,10 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CnnSearchError(f"--storage: cannot create the folder {path.parent}: {exc.strerror}") from None
-            if not os.access(path.parent, os.W_OK):
-                raise CnnSearchError(f"--storage: the folder {path.parent} is not writable")
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                raise CnnSearchError(f"--storage: the folder {path.parent} is read-only; run needs to create "
+                                     f"{path.name} there")
+            check_writable(path)
         if create or path.exists():
             try:
                 con = sqlite3.connect(path, timeout=60)
@@ -199,7 +306,7 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
                     }
                 storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
             break
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             # Two processes creating one new SQLite file race to create Optuna's tables; the loser finds
             # them half made ("already exists", a duplicate version row). Once the winner is done, they open.
