@@ -199,7 +199,7 @@ CASES: dict[str, Case] = {
     "folds-above-smallest-class": Case([*REF, "--folds", "50"], 2, ["--folds 50", "smallest class", "between 2"]),
     "epochs-zero": Case([*REF, "--epochs", "0"], 2, ["--epochs must be at least 1 but got 0"]),
     "trials-zero": Case([*REF, "-n", "0"], 2, ["--n-trials must be at least 1 but got 0"]),
-    "seed-negative": Case([*REF, "--seed", "-1"], 2, ["--seed must be 0 or more but got -1"]),
+    "seed-negative": Case([*REF, "--seed", "-1"], 2, ["--seed must be 0 or more and at most 4294967295", "got -1"]),
     "unknown-pruner": Case([*REF, "--pruner", "asha"], 2, ["--pruner", "'asha'", "'median'"], usage=True),
     "behind-margin-zero": Case([*REF, "--behind-margin", "0"], 2,
                                ["--behind-margin must be a positive number of standard errors (inf: off)", "0.0"]),
