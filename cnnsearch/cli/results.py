@@ -107,6 +107,11 @@ def retrain(
     out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
                                              help="Folder for model.pt, config.json and metrics.json. Default: "
                                                   "studies/STUDY next to the study's SQLite file.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Train this many seeds (the study's seed and the ones after "
+                                                   "it), report each test accuracy, their mean and standard "
+                                                   "deviation, and keep the median seed's model.")] = 1,
+    trial: Annotated[int | None, typer.Option(min=0, help="Retrain this completed trial instead of the best "
+                                                          "one.")] = None,
     threads: ThreadsOpt = None,
     **given: Any,
 ) -> None:
@@ -119,17 +124,29 @@ def retrain(
     url = _url(study, storage)
     loaded = load_study(study, url)
     _threads(threads)
-    with console.status(f"Retraining the best trial of {study} on the whole search split..."):
-        result = run_retrain(loaded, out or default_out_dir(study, url), machine=settings_given(given))
+    which = "the best trial" if trial is None else f"trial {trial}"
+    with console.status(f"Retraining {which} of {study} on the whole search split ({seeds} seed"
+                        f"{'s' * (seeds != 1)})..."):
+        result = run_retrain(loaded, out or default_out_dir(study, url), machine=settings_given(given), seeds=seeds,
+                             trial=trial)
     console.print(f"Trial {result.trial} (CV {fmt_acc(result.cv_mean, result.cv_std)}) retrained on "
                   f"{result.n_train} images for {result.epochs} epochs in {result.seconds:.1f} s.", highlight=False)
     s = result.scores
+    spread = result.seeds
+    if len(spread.seeds) > 1:
+        each = ", ".join(f"seed {seed}: {100 * acc:.2f}%" for seed, acc in zip(spread.seeds, spread.accuracies,
+                                                                             strict=True))
+        console.print(f"Test accuracy over {len(spread.seeds)} seeds: {fmt_acc(spread.mean, spread.std)} ({each}); "
+                      f"kept the median, seed {spread.kept_seed}.", highlight=False)
     console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images the search never "
                   "saw.")
     console.print(per_class_table(s.classes, s.confusion))
     console.print(confusion_table(s.classes, s.confusion))
     console.print(f"Saved {result.out_dir / MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}\n"
-                  f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}", highlight=False)
+                  f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}\n"
+                  f"Predict:  cnnsearch predict --model {result.out_dir / MODEL_FILE} IMAGES...\n"
+                  f"Export:   cnnsearch export-model --model {result.out_dir / MODEL_FILE} --format onnx",
+                  highlight=False)
 
 
 @takes([setting_param(name) for name in MACHINE_OPTIONS])

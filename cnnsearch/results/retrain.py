@@ -93,8 +93,28 @@ class RetrainResult:
     epochs: int
     n_train: int
     seconds: float
-    scores: TestScores
+    scores: TestScores  # of the kept model
     out_dir: Path
+    seeds: SeedScores
+
+
+@dataclass(frozen=True)
+class SeedScores:
+    """The test accuracy of each retrain seed, and which seed's model was kept (the median's)."""
+
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    kept_seed: int
+    mean: float
+    std: float | None  # sample standard deviation; None for a single seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed_scores": [{"seed": s, "test_accuracy": a} for s, a in zip(self.seeds, self.accuracies, strict=True)],
+            "kept_seed": self.kept_seed,
+            "test_accuracy_mean": self.mean,
+            "test_accuracy_std": self.std,
+        }
 
 
 @dataclass(frozen=True)
@@ -132,7 +152,7 @@ def dataset_for(settings: Mapping[str, Any], machine: Mapping[str, Any] | None =
     return data
 
 
-def _check_test_split(data: Dataset, study: str) -> None:
+def check_test_split(data: Dataset, study: str) -> None:
     if len(data.y_test) == 0:
         raise CnnSearchError(f"study {study!r} was created with --test-fraction 0: it has no held-out split to "
                              "evaluate on; run a new study with --test-fraction above 0")
@@ -182,78 +202,140 @@ def default_out_dir(study_name: str, storage_url: str) -> Path:
     return Path("studies") / study_name
 
 
-def retrain(study: optuna.Study, out_dir: Path, machine: Mapping[str, Any] | None = None) -> RetrainResult:
-    """Train the best trial's configuration on the whole search split, score it on the test split, save it.
-
-    Uses the study's stored epochs, seed, explode threshold and precision; ``machine`` gives this machine's
-    settings (``data_dir``, ``device``).
+def pick_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of ``study``, which must have completed; the best trial when ``number`` is None.
 
     Raises:
-        CnnSearchError: no completed trial, no test split, the retrain diverged, or ``out_dir`` is not writable.
+        CnnSearchError: no such trial, or it did not complete.
     """
+    from optuna.trial import TrialState
+
+    from cnnsearch.store.rows import status_of
+
+    if number is None:
+        return best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    found = next((t for t in trials if t.number == number), None)
+    if found is None:
+        raise CnnSearchError(f"--trial: study {study.study_name!r} has no trial {number}; its trials are numbered "
+                             f"0 to {len(trials) - 1}" if trials else f"--trial: study {study.study_name!r} has "
+                             "no trials yet")
+    if found.state != TrialState.COMPLETE:
+        raise CnnSearchError(f"--trial: trial {number} of study {study.study_name!r} is {status_of(found)}; only a "
+                             "completed trial can be retrained (see cnnsearch show)")
+    return found
+
+
+def median_index(accuracies: Sequence[float]) -> int:
+    """Index of the median accuracy (the lower of the two middle ones for an even count; ties by order)."""
+    order = sorted(range(len(accuracies)), key=lambda i: (accuracies[i], i))
+    return order[(len(order) - 1) // 2]
+
+
+def _train_seed(trial: optuna.trial.FrozenTrial, data: Dataset, run: RunSettings,
+                seed: int) -> tuple[nn.Module, int]:
+    from cnnsearch.training.divergence import Diverged
+    from cnnsearch.training.fold import train_fold
+    from cnnsearch.training.params import params_from_dict
+
+    try:
+        # An empty validation part: nothing but the search split is seen during training.
+        result = train_fold(params_from_dict(trial.params), data.x, data.y, data.x[:0], data.y[:0],
+                            n_classes=data.n_classes, epochs=run.epochs, seed=seed, explode=run.explode,
+                            precision=run.precision)
+    except Diverged as div:
+        raise CnnSearchError(f"the retrain of trial {trial.number} (seed {seed}) diverged ({div}); the search got "
+                             "lucky with its folds: retrain a neighbouring trial or search a lower --lr range",
+                             exit_code=RUNTIME) from None
+    assert result.model is not None
+    return result.model, result.n_params
+
+
+def retrain(study: optuna.Study, out_dir: Path, machine: Mapping[str, Any] | None = None, *, seeds: int = 1,
+            trial: int | None = None) -> RetrainResult:
+    """Train a trial's configuration (the best one by default) on the whole search split, score it on the test
+    split, save it.
+
+    Uses the study's stored epochs, explode threshold and precision; ``machine`` gives this machine's settings
+    (``data_dir``, ``device``). With ``seeds`` above 1, trains with the study's seed and the ``seeds - 1`` after
+    it, scores each, and keeps the model of the median seed, so that the saved model is not picked on the test
+    split.
+
+    Raises:
+        CnnSearchError: no such trial or no completed one, no test split, a retrain diverged, or ``out_dir`` is not
+            writable.
+    """
+    import statistics
+
     import torch
 
     from cnnsearch.data.dataset import on_device
     from cnnsearch.training.device import resolve_device
-    from cnnsearch.training.divergence import Diverged
-    from cnnsearch.training.fold import normalisation, train_fold
-    from cnnsearch.training.params import params_from_dict
+    from cnnsearch.training.fold import normalisation
 
-    trial = best_trial(study)
+    if seeds < 1:
+        raise CnnSearchError(f"--seeds must be at least 1 but got {seeds}")
+    chosen = pick_trial(study, trial)
     settings = stored_settings(study)
     run = stored_run(settings, machine)
     data = on_device(dataset_for(settings, machine), resolve_device(run.device))
-    _check_test_split(data, study.study_name)
-    params = params_from_dict(trial.params)
+    check_test_split(data, study.study_name)
+    scale, shift = normalisation(data.x)  # the statistics train_fold normalises with
     started = time.perf_counter()
-    try:
-        # An empty validation part: nothing but the search split is seen during training.
-        result = train_fold(params, data.x, data.y, data.x[:0], data.y[:0], n_classes=data.n_classes,
-                            epochs=run.epochs, seed=run.seed, explode=run.explode, precision=run.precision)
-    except Diverged as div:
-        raise CnnSearchError(f"the retrain of trial {trial.number} diverged ({div}); the search got lucky with its "
-                             "folds: retrain a neighbouring trial or search a lower --lr range",
-                             exit_code=RUNTIME) from None
+    trained = []
+    for seed in range(run.seed, run.seed + seeds):
+        model, n_params = _train_seed(chosen, data, run, seed)
+        scores = score(model, data.x_test, data.y_test, scale, shift, data.classes, precision=run.precision)
+        trained.append((seed, model, scores))
     seconds = time.perf_counter() - started
-    assert result.model is not None
-    scale, shift = normalisation(data.x)  # the statistics train_fold normalised with
-    scores = score(result.model, data.x_test, data.y_test, scale, shift, data.classes, precision=run.precision)
+    accuracies = [s.accuracy for _, _, s in trained]
+    kept_seed, model, scores = trained[median_index(accuracies)]
+    spread = SeedScores(tuple(seed for seed, _, _ in trained), tuple(accuracies), kept_seed,
+                        statistics.fmean(accuracies), statistics.stdev(accuracies) if seeds > 1 else None)
     c, h, w = data.shape
     config = {
         "version": CONFIG_VERSION,
         "study": study.study_name,
-        "trial": trial.number,
-        "params": dict(trial.params),
+        "trial": chosen.number,
+        "params": dict(chosen.params),
         "settings": settings,
         "classes": list(data.classes),
         "input": {"channels": c, "height": h, "width": w},
         # float32 values survive JSON exactly, so evaluate normalises bit for bit as training did.
         "normalisation": {"scale": scale.flatten().tolist(), "shift": shift.flatten().tolist()},
-        "n_params": result.n_params,
+        "n_params": n_params,
+        "seed": kept_seed,
         "torch": torch.__version__,
     }
     metrics = {
         "study": study.study_name,
-        "trial": trial.number,
+        "trial": chosen.number,
         **scores.to_dict(),
-        "cv_mean": trial.value,
-        "cv_std": trial.user_attrs.get("cv_std"),
-        "fold_scores": trial.user_attrs.get("fold_scores"),
+        **spread.to_dict(),
+        "cv_mean": chosen.value,
+        "cv_std": chosen.user_attrs.get("cv_std"),
+        "fold_scores": chosen.user_attrs.get("fold_scores"),
         "epochs": run.epochs,
         "precision": str(run.precision),
         "device": data.x.device.type,
         "n_train": len(data.y),
         "train_seconds": round(seconds, 3),
     }
+    _write(out_dir, model, config, metrics)
+    return RetrainResult(study.study_name, chosen.number, dict(chosen.params), float(chosen.value or 0.0),
+                         chosen.user_attrs.get("cv_std"), run.epochs, len(data.y), seconds, scores, out_dir, spread)
+
+
+def _write(out_dir: Path, model: nn.Module, config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    import torch
+
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out_dir / MODEL_FILE)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_dir / MODEL_FILE)
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     except OSError as exc:
         raise CnnSearchError(f"--out: cannot write to {out_dir}: {exc.strerror or exc}", exit_code=RUNTIME) from None
-    return RetrainResult(study.study_name, trial.number, dict(trial.params), float(trial.value or 0.0),
-                         trial.user_attrs.get("cv_std"), run.epochs, len(data.y), seconds, scores, out_dir)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -279,8 +361,12 @@ def load_saved(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CnnSearchError(f"--model: no file at {model_path}; `cnnsearch retrain --study NAME` writes "
                              f"studies/NAME/{MODEL_FILE}")
     config = _read_json(model_path.parent / CONFIG_FILE, "the configuration")
-    if config.get("version") != CONFIG_VERSION:
-        raise CnnSearchError(f"--model: {model_path.parent / CONFIG_FILE} has version {config.get('version')!r}; "
+    version = config.get("version")
+    if isinstance(version, int) and version > CONFIG_VERSION:
+        raise CnnSearchError(f"--model: {model_path.parent / CONFIG_FILE} has format version {version}, written by "
+                             f"a newer cnnsearch; this one reads version {CONFIG_VERSION}: upgrade cnnsearch")
+    if version != CONFIG_VERSION:
+        raise CnnSearchError(f"--model: {model_path.parent / CONFIG_FILE} has version {version!r}; "
                              f"this cnnsearch reads version {CONFIG_VERSION}")
     shape = config["input"]
     model = build_model(params_from_dict(config["params"]), int(shape["channels"]),
@@ -301,7 +387,7 @@ def evaluate_saved(model_path: Path, machine: Mapping[str, Any] | None = None) -
 
     model, config = load_saved(model_path)
     data = dataset_for(config["settings"], machine)
-    _check_test_split(data, config["study"])
+    check_test_split(data, config["study"])
     shape = config["input"]
     if data.shape != (shape["channels"], shape["height"], shape["width"]):
         raise CnnSearchError(f"--model: the model expects images of shape {tuple(shape.values())}, but the data "
