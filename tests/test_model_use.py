@@ -183,7 +183,9 @@ def test_export_onnx_and_pt2_agree_with_the_model(runner: CliRunner, tiny: Tiny,
         assert found and int(found[1]) == len(x) and float(found[2]) <= 1e-4 and found[3] == "100.00", result.stdout
     session = ort.InferenceSession(str(in_tmp / "m.onnx"), providers=["CPUExecutionProvider"])
     assert json.loads(session.get_modelmeta().custom_metadata_map["classes"]) == list(saved.classes)
-    program = torch.export.load(str(in_tmp / "m.pt2")).module()
+    extra = {"classes.json": ""}
+    program = torch.export.load(str(in_tmp / "m.pt2"), extra_files=extra).module()
+    assert json.loads(extra["classes.json"]) == list(saved.classes)
     for n in (1, 5, len(x)):  # the batch is dynamic
         got = session.run(None, {"images": x[:n].numpy()})[0]
         assert got.shape == (n, 10) and np.abs(got - expected[:n]).max() <= 1e-4
