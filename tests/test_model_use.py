@@ -164,6 +164,8 @@ def test_predict_bad_inputs(runner: CliRunner, tiny: Tiny, in_tmp: Path) -> None
                                                "11",
         ("-m", model, "img", "--out", "p.txt"): "Error: --out: 'p.txt' has no .csv or .json suffix",
     }
+    if not torch.cuda.is_available():
+        cases[("-m", model, "img", "--device", "cuda")] = "Error: --device cuda: no CUDA device is available here"
     for args, message in cases.items():
         assert one_error_line(runner.invoke(app, ["predict", *args]), 2).startswith(message), args
 

@@ -58,7 +58,7 @@ def predict(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively; subfolders named "
                                                "like the model's classes give an accuracy) or npz:FILE with an "
                                                "array x (and optionally labels y).", show_default=False,
-                                               metavar="PATH...")],
+                                               metavar="PATH")],
     model: ModelOpt,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Show the k most probable classes of each image.")]
     = 3,

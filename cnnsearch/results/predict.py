@@ -279,10 +279,10 @@ def predict_paths(model_path: Path, specs: Sequence[str], *, top_k: int = 3, dev
 
     if not specs:
         raise CnnSearchError("give at least one image, folder or npz:FILE to predict")
+    dev = resolve_device(device)
     saved = open_saved(model_path)
     check_top_k(top_k, len(saved.classes))
     inputs = load_inputs(specs, saved, strict=strict)
-    dev = resolve_device(device)
     started = time.perf_counter()
     probs = probabilities(saved, inputs.x, dev)
     seconds = time.perf_counter() - started

@@ -9,7 +9,10 @@ Files written to ``studies/<study>/`` (or ``--out``):
 - ``model.pt``: the model's ``state_dict`` (load with ``torch.load(..., weights_only=True)``);
 - ``config.json``: the trial's parameters, the study's stored settings, the input shape, the classes and
   the input normalisation, everything :func:`evaluate_saved` needs to rebuild the model;
-- ``metrics.json``: test accuracy, per-class accuracy and support, the confusion matrix and the CV score.
+- ``metrics.json``: test accuracy, per-class accuracy and support, the confusion matrix and the CV score; with
+  ``--seeds N``, each seed's test accuracy, their mean and standard deviation, and the seed kept (the median).
+
+:mod:`cnnsearch.results.predict` and :mod:`cnnsearch.results.model_export` use the saved model.
 """
 
 from __future__ import annotations
