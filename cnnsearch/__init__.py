@@ -93,12 +93,15 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return best(study)
 
 
-def retrain(study: optuna.Study, out_dir: str | Path | None = None, **machine: Any) -> RetrainResult:
-    """Train the best trial on the whole search split, score it once on the held-out test split, and save
-    ``model.pt``, ``config.json`` and ``metrics.json`` in ``out_dir`` (default: ``studies/<study>/``).
+def retrain(study: optuna.Study, out_dir: str | Path | None = None, *, seeds: int = 1, trial: int | None = None,
+            **machine: Any) -> RetrainResult:
+    """Train the best trial (or trial number ``trial``) on the whole search split with ``seeds`` seeds, score each
+    once on the held-out test split, and save the median seed's ``model.pt``, ``config.json`` and ``metrics.json``
+    in ``out_dir`` (default: ``studies/<study>/``).
 
     ``machine``: this machine's ``data_dir`` and ``device``, as ``cnnsearch retrain`` takes them.
     """
     from cnnsearch.results.retrain import retrain as run
 
-    return run(study, Path(out_dir) if out_dir is not None else Path("studies") / study.study_name, machine=machine)
+    return run(study, Path(out_dir) if out_dir is not None else Path("studies") / study.study_name, machine=machine,
+               seeds=seeds, trial=trial)

@@ -531,7 +531,7 @@ def test_folder_entries_that_cannot_be_used_are_skipped_with_a_warning(runner: C
 
 def test_evaluate_with_a_damaged_metrics_json_still_scores(runner: CliRunner, in_tmp: Path) -> None:
     """metrics.json is only compared with: a damaged one is a note, not an abort after the scoring."""
-    from cnnsearch.results.retrain import evaluate_saved
+    from cnnsearch.results.saved import evaluate_saved
 
     (in_tmp / "m").mkdir()
     (in_tmp / "m" / "model.pt").write_bytes(saved_model(in_tmp))

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
-from cnnsearch.results.retrain import dataset_for, evaluate_saved
+from cnnsearch.results.saved import dataset_for, evaluate_saved
 from cnnsearch.training.fold import train_fold
 from cnnsearch.training.params import params_from_dict
 from tests.conftest import copy_db

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
-from cnnsearch.results.retrain import MODEL_FILE, dataset_for, stored_run
+from cnnsearch.results.saved import MODEL_FILE, dataset_for, stored_run
 from cnnsearch.store.rows import best_first, best_trial, sort_rows, trial_rows
 from cnnsearch.store.storage import load_study
 from cnnsearch.training.fold import train_fold

@@ -1,8 +1,9 @@
 """The command line: the Typer app, the one error boundary, and ``main()``.
 
-Each command lives in :mod:`cnnsearch.cli.search` (run, worker, init) or :mod:`cnnsearch.cli.results` (the
-commands that read a study back); it parses, calls one library function and renders. Heavy libraries (torch,
-optuna, pandas) are imported inside the commands, so ``--help`` stays instant.
+Each command lives in :mod:`cnnsearch.cli.search` (run, worker, init), :mod:`cnnsearch.cli.results` (the
+commands that read a study back) or :mod:`cnnsearch.cli.model` (predict, export-model); it parses, calls one
+library function and renders. Heavy libraries (torch, optuna, pandas) are imported inside the commands, so
+``--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 import typer.core
 
-from cnnsearch.cli import probe, results, search
+from cnnsearch.cli import model, probe, results, search
 from cnnsearch.cli.options import PanelCommand
 from cnnsearch.cli.render import err_console
 from cnnsearch.errors import CnnSearchError
@@ -70,8 +71,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 app.command(cls=PanelCommand)(handle_errors(search.run))
 for command in (search.worker, results.show, results.best, search.init, results.export, results.plot,
-                results.retrain, results.evaluate, results.studies, results.dashboard, probe.probe):
+                results.retrain, results.evaluate, results.studies, results.dashboard, model.predict, probe.probe):
     app.command()(handle_errors(command))
+app.command("export-model")(handle_errors(model.export_model))
 
 
 def main() -> None:

@@ -107,29 +107,47 @@ def retrain(
     out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
                                              help="Folder for model.pt, config.json and metrics.json. Default: "
                                                   "studies/STUDY next to the study's SQLite file.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Train this many seeds (the study's seed and the ones after "
+                                                   "it), report each test accuracy, their mean and standard "
+                                                   "deviation, and keep the median seed's model.")] = 1,
+    trial: Annotated[int | None, typer.Option(min=0, help="Retrain this completed trial instead of the best "
+                                                          "one.")] = None,
     threads: ThreadsOpt = None,
     **given: Any,
 ) -> None:
     """Train the best configuration on the whole search split and score it once on the held-out test split."""
     from cnnsearch.cli.render import confusion_table, fmt_acc, per_class_table
-    from cnnsearch.results.retrain import CONFIG_FILE, METRICS_FILE, MODEL_FILE, default_out_dir
+    from cnnsearch.results.retrain import default_out_dir
     from cnnsearch.results.retrain import retrain as run_retrain
+    from cnnsearch.results.saved import CONFIG_FILE, METRICS_FILE, MODEL_FILE
     from cnnsearch.store.storage import load_study
 
     url = _url(study, storage)
     loaded = load_study(study, url)
     _threads(threads)
-    with console.status(f"Retraining the best trial of {study} on the whole search split..."):
-        result = run_retrain(loaded, out or default_out_dir(study, url), machine=settings_given(given))
+    which = "the best trial" if trial is None else f"trial {trial}"
+    with console.status(f"Retraining {which} of {study} on the whole search split ({seeds} seed"
+                        f"{'s' * (seeds != 1)})..."):
+        result = run_retrain(loaded, out or default_out_dir(study, url), machine=settings_given(given), seeds=seeds,
+                             trial=trial)
     console.print(f"Trial {result.trial} (CV {fmt_acc(result.cv_mean, result.cv_std)}) retrained on "
                   f"{result.n_train} images for {result.epochs} epochs in {result.seconds:.1f} s.", highlight=False)
     s = result.scores
+    spread = result.seeds
+    if len(spread.seeds) > 1:
+        each = ", ".join(f"seed {seed}: {100 * acc:.2f}%" for seed, acc in zip(spread.seeds, spread.accuracies,
+                                                                             strict=True))
+        console.print(f"Test accuracy over {len(spread.seeds)} seeds: {fmt_acc(spread.mean, spread.std)} ({each}); "
+                      f"kept the median, seed {spread.kept_seed}.", highlight=False)
     console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images the search never "
                   "saw.")
     console.print(per_class_table(s.classes, s.confusion))
     console.print(confusion_table(s.classes, s.confusion))
     console.print(f"Saved {result.out_dir / MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}\n"
-                  f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}", highlight=False)
+                  f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}\n"
+                  f"Predict:  cnnsearch predict --model {result.out_dir / MODEL_FILE} IMAGES...\n"
+                  f"Export:   cnnsearch export-model --model {result.out_dir / MODEL_FILE} --format onnx",
+                  highlight=False)
 
 
 @takes([setting_param(name) for name in MACHINE_OPTIONS])
@@ -141,7 +159,7 @@ def evaluate(
 ) -> None:
     """Re-score a saved model on the held-out test split of its study's data."""
     from cnnsearch.cli.render import confusion_table, per_class_table
-    from cnnsearch.results.retrain import evaluate_saved
+    from cnnsearch.results.saved import evaluate_saved
 
     _threads(threads)
     result = evaluate_saved(model, machine=settings_given(given))

@@ -137,4 +137,14 @@ def render_summary(result: SearchResult, settings: RunSettings, command: str = "
     storage = f" --storage {settings.storage}" if settings.storage else ""
     console.print(f"Resume:  {resume_command(settings, command)}\n"
                   f"Inspect: cnnsearch show --study {result.study_name}{storage}", highlight=False)
+    if best is not None:
+        from cnnsearch.config.settings import default_storage_url
+        from cnnsearch.results.retrain import default_out_dir
+        from cnnsearch.results.saved import MODEL_FILE
+
+        url = settings.storage or default_storage_url(result.study_name)
+        model = default_out_dir(result.study_name, url) / MODEL_FILE
+        console.print(f"Next:    cnnsearch retrain --study {result.study_name}{storage} --seeds 3\n"
+                      f"         cnnsearch predict --model {model} IMAGES...\n"
+                      f"         cnnsearch export-model --model {model} --format onnx", highlight=False)
 

@@ -207,11 +207,11 @@ def load_npz(path: Path) -> RawData:
     has_test = "x_test" in arrays or "y_test" in arrays
     if has_test and not ("x_test" in arrays and "y_test" in arrays):
         raise CnnSearchError(f"{label}: has only one of x_test and y_test; give both or neither")
-    x = _npz_images(arrays["x"], "x", label)
+    x = npz_images(arrays["x"], "x", label)
     y_raw = _npz_labels(arrays["y"], "y", len(x), label)
     x_test = y_test_raw = None
     if has_test:
-        x_test = _npz_images(arrays["x_test"], "x_test", label)
+        x_test = npz_images(arrays["x_test"], "x_test", label)
         y_test_raw = _npz_labels(arrays["y_test"], "y_test", len(x_test), label)
         if x_test.shape[1:] != x.shape[1:]:
             raise CnnSearchError(f"{label}: x_test images are {_chw(x_test)} but x images are {_chw(x)}; "
@@ -240,7 +240,7 @@ def _chw(x: np.ndarray) -> str:
     return "x".join(str(s) for s in x.shape[1:])
 
 
-def _npz_images(a: np.ndarray, key: str, label: str) -> np.ndarray:
+def npz_images(a: np.ndarray, key: str, label: str) -> np.ndarray:
     import numpy as np
 
     allowed = "(N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3"

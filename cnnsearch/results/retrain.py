@@ -1,5 +1,6 @@
-"""The final protocol: retrain the best configuration on the whole search split, score it once on the held-out
-test split, save the model; and re-score a saved model later.
+"""The final protocol: retrain the best configuration (or another trial, on one seed or several) on the whole
+search split, score it once on the held-out test split, save the model (:mod:`cnnsearch.results.saved` reads it
+back).
 
 The test split never influences training: the retrain runs with an empty validation part (no per-epoch
 scoring, no early stopping), and the test images are used once, after the last epoch.
@@ -9,12 +10,14 @@ Files written to ``studies/<study>/`` (or ``--out``):
 - ``model.pt``: the model's ``state_dict`` (load with ``torch.load(..., weights_only=True)``);
 - ``config.json``: the trial's parameters, the study's stored settings, the input shape, the classes and
   the input normalisation, everything :func:`evaluate_saved` needs to rebuild the model;
-- ``metrics.json``: test accuracy, per-class accuracy and support, the confusion matrix and the CV score.
+- ``metrics.json``: test accuracy, per-class accuracy and support, the confusion matrix and the CV score; with
+  ``--seeds N``, each seed's test accuracy, their mean and standard deviation, and the seed kept (the median).
+
+:mod:`cnnsearch.results.predict` and :mod:`cnnsearch.results.model_export` use the saved model.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,63 +25,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.results.saved import (
+    CONFIG_VERSION,
+    TestScores,
+    check_test_split,
+    dataset_for,
+    save_results,
+    score,
+    stored_run,
+)
 from cnnsearch.store.rows import best_trial
 
 if TYPE_CHECKING:
     import optuna
-    import torch
     from torch import nn
 
     from cnnsearch.config.settings import RunSettings
     from cnnsearch.data.dataset import Dataset
-
-
-MODEL_FILE = "model.pt"
-
-
-CONFIG_FILE = "config.json"
-
-
-METRICS_FILE = "metrics.json"
-
-
-CONFIG_VERSION = 1  # bump when config.json changes shape
-
-
-PREDICT_BATCH = 1024  # images per forward pass when predicting
-
-
-@dataclass(frozen=True)
-class TestScores:
-    """How a model did on the held-out split."""
-
-    accuracy: float
-    classes: tuple[str, ...]
-    confusion: list[list[int]]  # confusion[true][predicted] = number of test images
-
-    @property
-    def n_test(self) -> int:
-        return sum(sum(row) for row in self.confusion)
-
-    @property
-    def support(self) -> list[int]:
-        """Test images per true class."""
-        return [sum(row) for row in self.confusion]
-
-    @property
-    def per_class(self) -> list[float | None]:
-        """Accuracy (recall) per true class; None for a class with no test image."""
-        return [row[k] / n if n else None for k, (row, n) in enumerate(zip(self.confusion, self.support, strict=True))]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "test_accuracy": self.accuracy,
-            "n_test": self.n_test,
-            "classes": list(self.classes),
-            "per_class_accuracy": dict(zip(self.classes, self.per_class, strict=True)),
-            "per_class_support": dict(zip(self.classes, self.support, strict=True)),
-            "confusion_matrix": self.confusion,
-        }
 
 
 @dataclass(frozen=True)
@@ -93,77 +56,28 @@ class RetrainResult:
     epochs: int
     n_train: int
     seconds: float
-    scores: TestScores
+    scores: TestScores  # of the kept model
     out_dir: Path
+    seeds: SeedScores
 
 
 @dataclass(frozen=True)
-class EvaluateResult:
-    """What :func:`evaluate_saved` found."""
+class SeedScores:
+    """The test accuracy of each retrain seed, and which seed's model was kept (the median's)."""
 
-    model_path: Path
-    study: str
-    trial: int
-    scores: TestScores
-    saved_accuracy: float | None  # the test accuracy metrics.json recorded at retrain time, if present
-    notes: tuple[str, ...] = ()  # e.g. a metrics.json that could not be read, so nothing was compared
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    kept_seed: int
+    mean: float
+    std: float | None  # sample standard deviation; None for a single seed
 
-
-def stored_run(settings: Mapping[str, Any], machine: Mapping[str, Any] | None = None) -> RunSettings:
-    """The run settings a study was searched with, from its stored settings, with this machine's own settings
-    (:data:`~cnnsearch.config.settings.MACHINE_SETTINGS`: where the data lies, the device) from ``machine``."""
-    from cnnsearch.config.settings import MACHINE_SETTINGS, SETTING_FIELDS, RunSettings
-
-    here = {k: v for k, v in (machine or {}).items() if k in MACHINE_SETTINGS and v is not None}
-    return RunSettings(**{k: v for k, v in settings.items() if k in SETTING_FIELDS and k not in here}, **here)
-
-
-def dataset_for(settings: Mapping[str, Any], machine: Mapping[str, Any] | None = None) -> Dataset:
-    """The data a study searched on, rebuilt from its stored settings, and checked against the stored record of
-    its content and split, so the retrain tests on exactly the images the search never saw."""
-    from cnnsearch.search import setup
-
-    run = stored_run(settings, machine)
-    data = setup.dataset_for(run)
-    stored = settings.get("data")
-    if stored is not None and data.record() != stored:
-        changed = ", ".join(k for k in stored if data.record().get(k) != stored[k])
-        raise CnnSearchError(f"the data of {run.dataset!r} no longer matches the study's record ({changed} "
-                             "differ): the held-out split cannot be rebuilt", exit_code=RUNTIME)
-    return data
-
-
-def _check_test_split(data: Dataset, study: str) -> None:
-    if len(data.y_test) == 0:
-        raise CnnSearchError(f"study {study!r} was created with --test-fraction 0: it has no held-out split to "
-                             "evaluate on; run a new study with --test-fraction above 0")
-
-
-def predict(model: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
-            precision: str = "fp32") -> torch.Tensor:
-    """Predicted class of each uint8 image in ``x``, normalised and in the precision of training."""
-    import torch
-
-    from cnnsearch.training.device import autocast
-
-    model.eval()
-    out = []
-    with torch.inference_mode(), autocast(x.device, precision):
-        for i in range(0, len(x), PREDICT_BATCH):
-            out.append(model(x[i:i + PREDICT_BATCH].float().mul_(scale).add_(shift)).argmax(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64, device=x.device)
-
-
-def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-          classes: Sequence[str], *, precision: str = "fp32") -> TestScores:
-    """Accuracy and confusion matrix of ``model`` on ``(x, y)``."""
-    import torch
-
-    pred = predict(model, x, scale, shift, precision=precision)
-    n = len(classes)
-    confusion = torch.bincount(y * n + pred, minlength=n * n).reshape(n, n)
-    return TestScores(accuracy=int((pred == y).sum().item()) / len(y), classes=tuple(classes),
-                      confusion=[[int(v) for v in row] for row in confusion.tolist()])
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed_scores": [{"seed": s, "test_accuracy": a} for s, a in zip(self.seeds, self.accuracies, strict=True)],
+            "kept_seed": self.kept_seed,
+            "test_accuracy_mean": self.mean,
+            "test_accuracy_std": self.std,
+        }
 
 
 def stored_settings(study: optuna.Study) -> dict[str, Any]:
@@ -183,265 +97,129 @@ def default_out_dir(study_name: str, storage_url: str) -> Path:
     return Path("studies") / study_name
 
 
-def retrain(study: optuna.Study, out_dir: Path, machine: Mapping[str, Any] | None = None) -> RetrainResult:
-    """Train the best trial's configuration on the whole search split, score it on the test split, save it.
-
-    Uses the study's stored epochs, seed, explode threshold and precision; ``machine`` gives this machine's
-    settings (``data_dir``, ``device``).
+def pick_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of ``study``, which must have completed; the best trial when ``number`` is None.
 
     Raises:
-        CnnSearchError: no completed trial, no test split, the retrain diverged, or ``out_dir`` is not writable.
+        CnnSearchError: no such trial, or it did not complete.
     """
+    from optuna.trial import TrialState
+
+    from cnnsearch.store.rows import status_of
+
+    if number is None:
+        return best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    found = next((t for t in trials if t.number == number), None)
+    if found is None:
+        raise CnnSearchError(f"--trial: study {study.study_name!r} has no trial {number}; its trials are numbered "
+                             f"0 to {len(trials) - 1}" if trials else f"--trial: study {study.study_name!r} has "
+                             "no trials yet")
+    if found.state != TrialState.COMPLETE:
+        raise CnnSearchError(f"--trial: trial {number} of study {study.study_name!r} is {status_of(found)}; only a "
+                             "completed trial can be retrained (see cnnsearch show)")
+    return found
+
+
+def median_index(accuracies: Sequence[float]) -> int:
+    """Index of the median accuracy (the lower of the two middle ones for an even count; ties by order)."""
+    order = sorted(range(len(accuracies)), key=lambda i: (accuracies[i], i))
+    return order[(len(order) - 1) // 2]
+
+
+def _train_seed(trial: optuna.trial.FrozenTrial, data: Dataset, run: RunSettings,
+                seed: int) -> tuple[nn.Module, int]:
+    from cnnsearch.training.divergence import Diverged
+    from cnnsearch.training.fold import train_fold
+    from cnnsearch.training.params import params_from_dict
+
+    try:
+        # An empty validation part: nothing but the search split is seen during training.
+        result = train_fold(params_from_dict(trial.params), data.x, data.y, data.x[:0], data.y[:0],
+                            n_classes=data.n_classes, epochs=run.epochs, seed=seed, explode=run.explode,
+                            precision=run.precision)
+    except Diverged as div:
+        raise CnnSearchError(f"the retrain of trial {trial.number} (seed {seed}) diverged ({div}); the search got "
+                             "lucky with its folds: retrain a neighbouring trial or search a lower --lr range",
+                             exit_code=RUNTIME) from None
+    assert result.model is not None
+    return result.model, result.n_params
+
+
+def retrain(study: optuna.Study, out_dir: Path, machine: Mapping[str, Any] | None = None, *, seeds: int = 1,
+            trial: int | None = None) -> RetrainResult:
+    """Train a trial's configuration (the best one by default) on the whole search split, score it on the test
+    split, save it.
+
+    Uses the study's stored epochs, explode threshold and precision; ``machine`` gives this machine's settings
+    (``data_dir``, ``device``). With ``seeds`` above 1, trains with the study's seed and the ``seeds - 1`` after
+    it, scores each, and keeps the model of the median seed, so that the saved model is not picked on the test
+    split.
+
+    Raises:
+        CnnSearchError: no such trial or no completed one, no test split, a retrain diverged, or ``out_dir`` is not
+            writable.
+    """
+    import statistics
+
     import torch
 
     from cnnsearch.data.dataset import on_device
     from cnnsearch.training.device import resolve_device
-    from cnnsearch.training.divergence import Diverged
-    from cnnsearch.training.fold import normalisation, train_fold
-    from cnnsearch.training.params import params_from_dict
+    from cnnsearch.training.fold import normalisation
 
-    trial = best_trial(study)
+    if seeds < 1:
+        raise CnnSearchError(f"--seeds must be at least 1 but got {seeds}")
+    chosen = pick_trial(study, trial)
     settings = stored_settings(study)
     run = stored_run(settings, machine)
     data = on_device(dataset_for(settings, machine), resolve_device(run.device))
-    _check_test_split(data, study.study_name)
-    params = params_from_dict(trial.params)
+    check_test_split(data, study.study_name)
+    scale, shift = normalisation(data.x)  # the statistics train_fold normalises with
     started = time.perf_counter()
-    try:
-        # An empty validation part: nothing but the search split is seen during training.
-        result = train_fold(params, data.x, data.y, data.x[:0], data.y[:0], n_classes=data.n_classes,
-                            epochs=run.epochs, seed=run.seed, explode=run.explode, precision=run.precision)
-    except Diverged as div:
-        raise CnnSearchError(f"the retrain of trial {trial.number} diverged ({div}); the search got lucky with its "
-                             "folds: retrain a neighbouring trial or search a lower --lr range",
-                             exit_code=RUNTIME) from None
+    trained = []
+    for seed in range(run.seed, run.seed + seeds):
+        model, n_params = _train_seed(chosen, data, run, seed)
+        scores = score(model, data.x_test, data.y_test, scale, shift, data.classes, precision=run.precision)
+        trained.append((seed, model, scores))
     seconds = time.perf_counter() - started
-    assert result.model is not None
-    scale, shift = normalisation(data.x)  # the statistics train_fold normalised with
-    scores = score(result.model, data.x_test, data.y_test, scale, shift, data.classes, precision=run.precision)
+    accuracies = [s.accuracy for _, _, s in trained]
+    kept_seed, model, scores = trained[median_index(accuracies)]
+    spread = SeedScores(tuple(seed for seed, _, _ in trained), tuple(accuracies), kept_seed,
+                        statistics.fmean(accuracies), statistics.stdev(accuracies) if seeds > 1 else None)
     c, h, w = data.shape
     config = {
         "version": CONFIG_VERSION,
         "study": study.study_name,
-        "trial": trial.number,
-        "params": dict(trial.params),
+        "trial": chosen.number,
+        "params": dict(chosen.params),
         "settings": settings,
         "classes": list(data.classes),
         "input": {"channels": c, "height": h, "width": w},
         # float32 values survive JSON exactly, so evaluate normalises bit for bit as training did.
         "normalisation": {"scale": scale.flatten().tolist(), "shift": shift.flatten().tolist()},
-        "n_params": result.n_params,
+        "n_params": n_params,
+        "seed": kept_seed,
         "torch": torch.__version__,
     }
     metrics = {
         "study": study.study_name,
-        "trial": trial.number,
+        "trial": chosen.number,
         **scores.to_dict(),
-        "cv_mean": trial.value,
-        "cv_std": trial.user_attrs.get("cv_std"),
-        "fold_scores": trial.user_attrs.get("fold_scores"),
+        **spread.to_dict(),
+        "cv_mean": chosen.value,
+        "cv_std": chosen.user_attrs.get("cv_std"),
+        "fold_scores": chosen.user_attrs.get("fold_scores"),
         "epochs": run.epochs,
         "precision": str(run.precision),
         "device": data.x.device.type,
         "n_train": len(data.y),
         "train_seconds": round(seconds, 3),
     }
-    save_results(out_dir, {k: v.cpu() for k, v in result.model.state_dict().items()}, config, metrics)
-    return RetrainResult(study.study_name, trial.number, dict(trial.params), float(trial.value or 0.0),
-                         trial.user_attrs.get("cv_std"), run.epochs, len(data.y), seconds, scores, out_dir)
+    save_results(out_dir, {k: v.cpu() for k, v in model.state_dict().items()}, config, metrics)
+    return RetrainResult(study.study_name, chosen.number, dict(chosen.params), float(chosen.value or 0.0),
+                         chosen.user_attrs.get("cv_std"), run.epochs, len(data.y), seconds, scores, out_dir, spread)
 
 
-def save_results(out_dir: Path, state: Mapping[str, Any], config: Mapping[str, Any],
-                 metrics: Mapping[str, Any]) -> None:
-    """Write model.pt, config.json and metrics.json into ``out_dir``, all three or none.
-
-    Each goes to a temporary file beside its target, and the three are moved into place only once all were
-    written, so a full disk or a file-size limit leaves the previous retrain's files whole and consistent.
-    """
-    import torch
-
-    from cnnsearch.runtime.atomic import atomic_paths
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CnnSearchError(f"--out: {out_dir} is a file, not a folder", exit_code=RUNTIME)
-    with atomic_paths([out_dir / MODEL_FILE, out_dir / CONFIG_FILE, out_dir / METRICS_FILE],
-                      label="--out") as (model_tmp, config_tmp, metrics_tmp):
-        torch.save(state, model_tmp)
-        config_tmp.write_text(json.dumps(config, indent=2) + "\n")
-        metrics_tmp.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CnnSearchError(f"--model: {what} {path} is missing; it is written by `cnnsearch retrain`") from None
-    except (OSError, ValueError) as exc:
-        raise CnnSearchError(f"--model: cannot read {what} {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise CnnSearchError(f"--model: {what} {path} does not hold a JSON object")
-    return data
-
-
-CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "version": (int, "an integer"),
-    "study": (str, "a string"),
-    "trial": (int, "an integer"),
-    "params": (dict, "an object"),
-    "settings": (dict, "an object"),
-    "classes": (list, "a list of class names"),
-    "input": (dict, "an object with channels, height and width"),
-    "normalisation": (dict, "an object with scale and shift"),
-}
-"""The keys of config.json that :func:`load_saved` and :func:`evaluate_saved` read, with their JSON types."""
-
-
-PARAM_CHECKS: dict[str, tuple[Any, str]] = {
-    "lr": (lambda v: _number(v) and v > 0, "a number above 0"),
-    "decay": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "l2": (lambda v: _number(v) and v >= 0, "a number, 0 or more"),
-    "dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "batch_size": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
-    "layers": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
-    "width": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
-    "growth": (lambda v: _number(v) and v > 0, "a number above 0"),
-    "pooling": (lambda v: v in ("max", "avg"), "max or avg"),
-    "batchnorm": (lambda v: isinstance(v, bool), "true or false"),
-    "head": (lambda v: v in ("gap", "fc"), "gap or fc"),
-    "optimizer": (lambda v: v in ("adam", "sgd"), "adam or sgd"),
-}
-"""What a saved trial's parameters must be for :func:`~cnnsearch.training.model.build_model` to rebuild it."""
-
-
-def _number(v: Any) -> bool:
-    import math
-
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def check_config(config: Mapping[str, Any], path: Path) -> None:
-    """Refuse a config.json that :func:`load_saved` could not rebuild a model from, naming the key and the file."""
-    def bad(key: str, allowed: str, value: Any = None, missing: bool = False) -> CnnSearchError:
-        got = "is missing" if missing else f"is {json.dumps(value)[:60]}"
-        return CnnSearchError(f"--model: {key} in {path} {got}; expected {allowed} (it is written by "
-                              "`cnnsearch retrain`)")
-
-    for key, (kind, allowed) in CONFIG_KEYS.items():
-        if key not in config:
-            raise bad(key, allowed, missing=True)
-        if not isinstance(config[key], kind) or (kind is int and isinstance(config[key], bool)):
-            raise bad(key, allowed, config[key])
-    if config["version"] != CONFIG_VERSION:
-        raise CnnSearchError(f"--model: {path} has version {config['version']!r}; this cnnsearch reads version "
-                             f"{CONFIG_VERSION}")
-    for key, (ok, allowed) in PARAM_CHECKS.items():
-        if key not in config["params"]:
-            raise bad(f"params.{key}", allowed, missing=True)
-        if not ok(config["params"][key]):
-            raise bad(f"params.{key}", allowed, config["params"][key])
-    classes = config["classes"]
-    if len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise bad("classes", "a list of two or more class names", classes)
-    for key in ("channels", "height", "width"):
-        value = config["input"].get(key)
-        if not _whole(value) or value < 1:
-            raise bad(f"input.{key}", "a whole number, at least 1", value, missing=key not in config["input"])
-    for key in ("scale", "shift"):
-        value = config["normalisation"].get(key)
-        if (not isinstance(value, list) or len(value) != config["input"]["channels"]
-                or not all(_number(v) for v in value)):
-            raise bad(f"normalisation.{key}", f"a list of {config['input']['channels']} numbers (one per channel)",
-                      value, missing=key not in config["normalisation"])
-
-
-def load_saved(model_path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved by :func:`retrain` from ``config.json`` beside it and load its weights."""
-    import warnings
-    import zipfile
-
-    import torch
-
-    from cnnsearch.training.model import build_model
-    from cnnsearch.training.params import params_from_dict
-
-    if not model_path.is_file():
-        raise CnnSearchError(f"--model: no file at {model_path}; `cnnsearch retrain --study NAME` writes "
-                             f"studies/NAME/{MODEL_FILE}")
-    config_path = model_path.parent / CONFIG_FILE
-    config = _read_json(config_path, "the configuration")
-    check_config(config, config_path)
-    shape = config["input"]
-    try:
-        model = build_model(params_from_dict(config["params"]), int(shape["channels"]),
-                            min(int(shape["height"]), int(shape["width"])), len(config["classes"]))
-    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. more pooling stages than the image has pixels
-        raise CnnSearchError(f"--model: the params in {config_path} build no model for "
-                             f"{shape['height']}x{shape['width']} images ({exc})") from None
-    if not zipfile.is_zipfile(model_path):  # a raw pickle or anything else: torch would warn before refusing
-        raise CnnSearchError(f"--model: {model_path} is not a file written by torch.save (not a zip archive); "
-                             "it is written by `cnnsearch retrain`")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the refusal below says all there is to say
-            state = torch.load(model_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # a truncated file or weights of another architecture: torch raises many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CnnSearchError(f"--model: cannot load {model_path}: {first}") from None
-    return model, config
-
-
-def _settings_data(config: Mapping[str, Any], config_path: Path, machine: Mapping[str, Any] | None) -> Dataset:
-    """The study's data from the settings in config.json; a bad setting is named as the key in that file."""
-    import re
-
-    try:
-        return dataset_for(config["settings"], machine)
-    except TypeError as exc:  # an unknown or misspelt setting
-        raise CnnSearchError(f"--model: settings in {config_path}: {exc}") from None
-    except CnnSearchError as exc:
-        match = re.match(r"--([a-z-]+)\b:? ?(.*)", exc.message)
-        if match is None:
-            raise
-        key = match.group(1).replace("-", "_")
-        raise CnnSearchError(f"--model: settings.{key} in {config_path}: {match.group(2)}",
-                             exit_code=exc.exit_code) from None
-
-
-def evaluate_saved(model_path: Path, machine: Mapping[str, Any] | None = None) -> EvaluateResult:
-    """Re-score a model saved by :func:`retrain` on the held-out split of its study's data (on the CPU, in the
-    study's precision); ``machine`` gives this machine's ``data_dir``."""
-    import torch
-
-    model, config = load_saved(model_path)
-    data = _settings_data(config, model_path.parent / CONFIG_FILE, machine)
-    _check_test_split(data, config["study"])
-    shape = config["input"]
-    if data.shape != (shape["channels"], shape["height"], shape["width"]):
-        raise CnnSearchError(f"--model: the model expects images of shape {tuple(shape.values())}, but the data "
-                             f"now loads as {data.shape}")
-    if len(config["classes"]) != data.n_classes:
-        raise CnnSearchError(f"--model: the model has {len(config['classes'])} classes, but the data now has "
-                             f"{data.n_classes}")
-    norm = config["normalisation"]
-    scale = torch.tensor(norm["scale"], dtype=torch.float32).view(1, -1, 1, 1)
-    shift = torch.tensor(norm["shift"], dtype=torch.float32).view(1, -1, 1, 1)
-    scores = score(model, data.x_test, data.y_test, scale, shift, config["classes"],
-                   precision=str(config["settings"].get("precision", "fp32")))
-    metrics_path = model_path.parent / METRICS_FILE
-    saved: Any = None
-    notes: list[str] = []
-    if metrics_path.is_file():
-        try:  # only compared with: a damaged metrics.json must not cost the score just computed
-            saved = _read_json(metrics_path, "the metrics").get("test_accuracy")
-            if saved is not None and not _number(saved):
-                raise CnnSearchError(f"--model: test_accuracy in {metrics_path} is {saved!r}, not a number")
-        except CnnSearchError as exc:
-            saved = None
-            notes.append(f"{exc.message.removeprefix('--model: ')}; nothing to compare with")
-    return EvaluateResult(model_path, str(config["study"]), int(config["trial"]), scores,
-                          None if saved is None else float(saved), tuple(notes))
