@@ -42,3 +42,21 @@ def test_a_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     result = cli(["run", "--config", str(big)], tmp_path, stdout=subprocess.PIPE)
     assert result.returncode == 2 and "is larger than 1 MiB" in result.stderr
     assert not (tmp_path / "studies").exists()
+
+
+def test_a_trial_that_cannot_train_fails_alone(tmp_path: Path) -> None:
+    """1x1 images, a batch of 1 and batchnorm: torch refuses to normalise one value. That trial is FAILED with its
+    error, the search goes on to its target, and nothing prints a traceback."""
+    import numpy as np
+    import optuna
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", x=rng.integers(0, 255, (40, 1, 1), dtype=np.uint8), y=np.array([0, 1] * 20))
+    result = cli(["run", "--study", "c", "--dataset", "npz:one.npz", "-n", "2", "--epochs", "1", "--folds", "2",
+                  "--batch-size", "1", "--batchnorm", "true", "--layers", "1", "--threads", "1", "--workers", "1"],
+                 tmp_path, stdout=subprocess.PIPE)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "2 of 2 trials could not train" in " ".join(result.stdout.split())
+    trials = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path}/studies/c.db").trials
+    assert len(trials) == 2 and all("Expected more than 1 value per channel" in t.user_attrs["error"] for t in trials)

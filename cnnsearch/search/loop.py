@@ -117,7 +117,7 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
             interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
     share(PARKED)  # done, or past the deadline
     result.rows = trial_rows(study)
-    result.notes = divergence_notes(result.rows)
+    result.notes = divergence_notes(result.rows) + failure_notes(result.rows)
     done, _ = finished_count(study)
     if done < run.n_trials and run.timeout is not None:
         result.notes.append(timeout_note(run, done))
@@ -143,6 +143,15 @@ def timeout_note(run: RunSettings, done: int) -> str:
     """What a run that stopped at ``--timeout`` says: how far the study got."""
     return (f"Stopped at --timeout {run.timeout:g} s with {done} of {run.n_trials} trials finished; "
             "run the same command again to go on.")
+
+
+def failure_notes(rows: Sequence[TrialRow]) -> list[str]:
+    """A note when trials could not train at all (their ``error`` attribute), with the first such error."""
+    failed = [r for r in rows if r.attrs.get("error")]
+    if not failed:
+        return []
+    return [f"{len(failed)} of {len(rows)} trials could not train (trial {failed[0].number}: "
+            f"{failed[0].attrs['error']}); they are FAILED and the search went on."]
 
 
 def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:

@@ -82,6 +82,7 @@ class TrialRecord:
     seconds: list[float]
     most_threads: int = 1
     started: float = field(default_factory=time.perf_counter)
+    last_step: int = -1  # the highest step reported so far
 
     def record(self, result: FoldResult) -> None:
         """Write one finished fold; ``fold_scores`` last, so a worker killed between these writes leaves lists that
@@ -170,7 +171,7 @@ class Objective:
         self.check_cap(trial, params)
         reused = self.take_over(trial)
         record = TrialRecord(trial, reused.scores, reused.l2_ratios, reused.curves, reused.seconds,
-                             most_threads=torch.get_num_threads())
+                             most_threads=torch.get_num_threads(), last_step=len(reused.curves) * run.epochs - 1)
         seeds = [trial_seed(run.seed, origin, fold) for fold in range(run.folds)]
         # Packed training neither augments nor resumes part-way: such trials train fold by fold.
         packed = self.pack and params.augment == "none" and not reused
@@ -185,6 +186,13 @@ class Objective:
             # The worst score, at a step not yet reported, so the sampler learns to avoid this region.
             trial.report(0.0, div.fold * run.epochs + div.epoch)
             raise optuna.TrialPruned(str(div)) from None
+        except (RuntimeError, ValueError) as exc:
+            # This configuration cannot train here (batchnorm over a single value, memory): it fails alone, as
+            # FAILED with its error, and the search goes on; the worst score tells the sampler to look elsewhere.
+            first = (str(exc).strip().splitlines() or [""])[0]
+            trial.set_user_attr("error", f"{type(exc).__name__}: {first}"[:500])
+            trial.report(0.0, record.last_step + 1)
+            raise optuna.TrialPruned(f"could not train: {first}") from None
         scores, ratios = record.scores, record.ratios
         trial.set_user_attr("cv_std", statistics.pstdev(scores) if len(scores) > 1 else 0.0)
         trial.set_user_attr("l2_ratio", max(ratios))
@@ -287,6 +295,7 @@ class Objective:
         run, trial = self.config.run, record.trial
         with interrupts.deferred():
             trial.report(acc, fold * run.epochs + epoch)
+            record.last_step = max(record.last_step, fold * run.epochs + epoch)
             self.emit(EpochDone(trial.number, fold, epoch, run.folds, run.epochs, acc))
             judged = run.pruner != "none" and fold < run.folds - 1  # the folds the fold-end checks judge
             if judged:

@@ -37,7 +37,7 @@ def status_of(trial: optuna.trial.FrozenTrial) -> str:
 
     if trial.state == TrialState.PRUNED and trial.user_attrs.get("diverged"):
         return "DIVERGED"
-    if trial.state == TrialState.FAIL:
+    if trial.state == TrialState.FAIL or (trial.state == TrialState.PRUNED and trial.user_attrs.get("error")):
         return "FAILED"
     return str(trial.state.name)
 
