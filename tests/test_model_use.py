@@ -156,7 +156,7 @@ def test_predict_bad_inputs(runner: CliRunner, tiny: Tiny, in_tmp: Path) -> None
         ("-m", "no-config/model.pt", "img"): "Error: --model: the configuration no-config/config.json is missing",
         ("-m", "newer/model.pt", "img"): "Error: --model: newer/config.json has format version 99, written by a "
                                          "newer cnnsearch; this one reads version 1: upgrade cnnsearch",
-        ("-m", "tampered/model.pt", "img"): "Error: --model: cannot load tampered/model.pt: ",
+        ("-m", "tampered/model.pt", "img"): "Error: --model: tampered/model.pt is not a file written by torch.save",
         ("-m", model, "empty"): "Error: empty: the folder holds no images",
         ("-m", model, "missing.png"): "Error: missing.png: no such file or folder",
         ("-m", model, "img", "--top-k", "0"): "Error: --top-k must be between 1 and the model's 10 classes but got 0",
