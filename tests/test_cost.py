@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -92,6 +93,13 @@ def test_every_trial_records_its_cost_and_none_over_a_limit_trains(runner: CliRu
             assert t not in over and t.user_attrs["latency_ms"] > 0
     assert f"{len(over)} of 4 trials were over the cost limits (--max-macs 2M) and never trained." in result.output
     assert "over budget: macs 5.94M > 2M" in result.output
+    exported = runner.invoke(app, ["export", "--study", "t", "--format", "json", "--out", "-"])
+    records = {r["number"]: r for r in json.loads(exported.stdout)}
+    for t in trials:
+        rec = records[t.number]
+        assert (rec["macs"], rec["n_params"], rec["latency_ms"]) == (
+            t.user_attrs["macs"], t.user_attrs["n_params"], t.user_attrs.get("latency_ms"))
+        assert rec["over_budget"] == ("max-macs" if t in over else None)
 
 
 @pytest.mark.parametrize(("limit", "shown"), [(["--max-params", "1k"], "--max-params 1k"),
