@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
 from cnnsearch.errors import CnnSearchError
 from cnnsearch.results.pareto import paired_gap, pareto_front, pick_summary, smallest_within_noise
+from cnnsearch.results.plots import make_plots
 from cnnsearch.store.rows import best_row, trial_rows
 from tests.conftest import TINY
 
@@ -34,7 +37,9 @@ def handmade_study(folds: dict[int, tuple[TrialState, list[float], float]] = FOL
         attrs = {"fold_scores": scores, "cv_std": statistics.pstdev(scores), "macs": macs, "n_params": macs / 100,
                  "latency_ms": macs / 1e7}
         study.add_trial(create_trial(state=state, value=statistics.fmean(scores) if state == TrialState.COMPLETE
-                                     else None, intermediate_values={0: scores[0]}, user_attrs=attrs))
+                                     else None, intermediate_values={0: scores[0]}, user_attrs=attrs,
+                                     params={"head": "fc" if number == 4 else "gap"},
+                                     distributions={"head": CategoricalDistribution(["gap", "fc"])}))
     return study
 
 
@@ -112,3 +117,16 @@ def test_show_pareto_best_pick_smallest_and_the_summary(runner: CliRunner) -> No
     assert f"Smallest trial within noise (by macs) {pick.smallest.number} of study 't'" in toml
     bad = runner.invoke(app, ["show", "--study", "t", "--pareto", "--cost", "flops"])
     assert bad.exit_code == 2
+
+
+def test_the_pareto_plot_draws_a_handmade_study(tmp_path: Path) -> None:
+    result = make_plots(handmade_study(), tmp_path, which=("pareto",))
+    assert result.written == [tmp_path / "pareto.png"] and not result.notes
+    from PIL import Image
+
+    with Image.open(tmp_path / "pareto.png") as img:
+        assert img.size[0] > 300 and len(img.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50
+    old = optuna.create_study(direction="maximize")  # a study from before costs were recorded
+    old.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9, user_attrs={"fold_scores": [0.9, 0.9]}))
+    skipped = make_plots(old, tmp_path / "old", which=("pareto",))
+    assert skipped.written == [] and "pareto: skipped, no completed trial has its multiply-adds" in skipped.notes[0]

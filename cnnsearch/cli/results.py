@@ -119,7 +119,8 @@ def plot(
                                                   "folder.")] = None,
     dpi: Annotated[int, typer.Option(min=30, max=600, help="Resolution of the PNG files in dots per inch.")] = 100,
 ) -> None:
-    """Draw the study as PNG plots: history, importances, parallel coordinates, stability map, curves, folds."""
+    """Draw the study as PNG plots: history, importances, parallel coordinates, stability map, curves, folds,
+    and the Pareto plot of CV accuracy against multiply-adds."""
     from cnnsearch.results.plots import make_plots
     from cnnsearch.store.storage import load_study
 
