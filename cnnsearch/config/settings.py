@@ -42,7 +42,7 @@ class PackFolds(StrEnum):
     off = "off"
 
 
-STUDY, DATA, SPACE, PRUNING, HARDWARE = "Study", "Data", "Search space", "Pruning", "Hardware"
+STUDY, DATA, SPACE, PRUNING, HARDWARE, COST = "Study", "Data", "Search space", "Pruning", "Hardware", "Cost limits"
 """The help panels of ``cnnsearch run --help``; the space's dimensions join the settings of the Search space."""
 
 PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchnorm refuses bf16 activations "
@@ -158,13 +158,13 @@ class RunSettings:
         "the benchmarks measured faster: on for CUDA in fp32, off on the CPU).", HARDWARE)
     max_macs: float | None = option(
         None, "Never train a configuration with more conv and linear multiply-adds per image than this (k, M, G "
-        "suffixes: 2M); it is recorded PRUNED with the attribute over_budget.", SPACE, suffixed=True)
+        "suffixes: 2M); it is recorded PRUNED with the attribute over_budget.", COST, suffixed=True)
     max_params: float | None = option(
         None, "Never train a configuration with more parameters than this (k, M, G suffixes: 100k); it is recorded "
-        "PRUNED with the attribute over_budget.", SPACE, suffixed=True)
+        "PRUNED with the attribute over_budget.", COST, suffixed=True)
     max_latency_ms: float | None = option(
         None, "Never train a configuration slower than this many milliseconds per image at batch 1, measured on "
-        "the training device as the trial starts; it is recorded PRUNED with the attribute over_budget.", SPACE,
+        "the training device as the trial starts; it is recorded PRUNED with the attribute over_budget.", COST,
         suffixed=True)
 
     def __post_init__(self) -> None:
