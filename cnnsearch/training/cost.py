@@ -2,7 +2,8 @@
 
 The latency is measured on the training device with the threads the trial trains with: a fresh model in eval mode,
 a warm-up pass, then the median of timed passes, at batch 1 and at batch 256. Timing stops early once a batch size
-has used :data:`TIME_PER_BATCH_S`, so a trial spends well under a second here whatever the model.
+has used :data:`TIME_PER_BATCH_S`, so a trial spends about the warm-up plus 0.1 s per batch size here (on digits,
+at most a quarter of a second), or two passes at batch 256 where one pass takes longer than that.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ if TYPE_CHECKING:
 
 LATENCY_BATCHES = (1, 256)  # images per timed pass: one image (a phone, a microcontroller), and a full batch
 WARMUP_PASSES = 1  # an untimed pass first: allocation, kernel selection, caches
-TIMED_PASSES = 7  # the median of at most this many timed passes
-MIN_TIMED_PASSES = 3  # ... and at least this many, even past the time below
-TIME_PER_BATCH_S = 0.15  # seconds of timed passes per batch size before stopping early
+TIMED_PASSES = 25  # the median of at most this many timed passes ...
+TIME_PER_BATCH_S = 0.1  # ... stopping once the timed passes of a batch size add up to this (at least one pass)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def latency_ms(model: nn.Module, shape: tuple[int, int, int], device: torch.devi
             model(x)
         sync()
         spent = 0.0
-        while len(times) < TIMED_PASSES and (len(times) < MIN_TIMED_PASSES or spent < TIME_PER_BATCH_S):
+        while len(times) < TIMED_PASSES and spent < TIME_PER_BATCH_S:
             t0 = time.perf_counter()
             model(x)
             sync()
