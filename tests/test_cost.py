@@ -14,6 +14,7 @@ from cnnsearch.cli.app import app
 from cnnsearch.config.files import load_config
 from cnnsearch.config.settings import RunSettings, fmt_amount
 from cnnsearch.errors import CnnSearchError
+from cnnsearch.store.record import stored_config
 from cnnsearch.training.cost import measure_cost, static_cost
 from cnnsearch.training.model import model_macs
 from cnnsearch.training.params import TrialParams
@@ -127,3 +128,5 @@ def test_a_resume_with_other_limits_is_refused(runner: CliRunner) -> None:
     assert [(t.number, t.state, t.value) for t in load().get_trials()] == before
     assert runner.invoke(app, [*RUN, "-n", "2", "--max-macs", "2000k"]).exit_code == 0  # the same limit
     assert math.isclose(load().user_attrs["cnnsearch_settings"]["max_macs"], 2e6)
+    joined = stored_config("t", "sqlite:///studies/t.db")  # what `cnnsearch worker` runs: the same limits
+    assert (joined.run.max_macs, joined.run.max_params, joined.run.max_latency_ms) == (2e6, None, None)
