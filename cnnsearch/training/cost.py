@@ -2,8 +2,8 @@
 
 The latency is measured on the training device with the threads the trial trains with: a fresh model in eval mode,
 a warm-up pass, then the median of timed passes, at batch 1 and at batch 256. Timing stops early once a batch size
-has used :data:`TIME_PER_BATCH_S`, so a trial spends about the warm-up plus 0.1 s per batch size here (on digits,
-at most a quarter of a second), or two passes at batch 256 where one pass takes longer than that.
+has used :data:`TIME_PER_BATCH_S`, so a trial spends about the warm-up plus 0.1 s per batch size here, or two
+passes at batch 256 where one pass takes longer than that (docs/performance.md, "Accuracy against cost").
 """
 
 from __future__ import annotations
