@@ -25,7 +25,7 @@ EXPECTED_COLUMNS = [
     "lr", "decay", "l2", "dropout", "batch_size", "layers", "width", "growth", "pooling", "batchnorm", "head",
     "optimizer", "momentum", "hidden", "augment",
     "duration_s", "diverged", "diverged_fold", "diverged_epoch", "diverged_lr", "l2_ratio", "l2_dominates",
-    "n_params", "started", "completed", "best",
+    "n_params", "macs", "latency_ms", "latency_ms_256", "over_budget", "started", "completed", "best",
 ]
 """The CSV column contract of docs/guide.md, spelled out, for a 2-fold study."""
 
@@ -37,6 +37,8 @@ NULLABLE_DTYPES = {
     "augment": "string",
     "duration_s": "Float64", "diverged": "boolean", "diverged_fold": "Int64", "diverged_epoch": "Int64",
     "diverged_lr": "Float64", "l2_ratio": "Float64", "l2_dominates": "boolean", "n_params": "Int64",
+    "macs": "Float64", "latency_ms": "Float64", "latency_ms_256": "Float64",
+    "over_budget": "Int64",  # "string" when written; blank throughout this study, so read_csv reads integers
     "started": "datetime64[us]", "completed": "datetime64[us]", "best": "boolean",
 }
 
@@ -68,6 +70,8 @@ def test_csv_round_trip_matches_the_study(runner: CliRunner, mixed_db: Path, in_
             assert [row["fold_0"], row["fold_1"]] == a["fold_scores"]
             assert row["l2_ratio"] == a["l2_ratio"] and row["l2_dominates"] == a["l2_dominates"]
             assert row["n_params"] == a["n_params"]
+            assert row["macs"] == a["macs"] and row["latency_ms"] == a["latency_ms"]
+            assert row["latency_ms_256"] == a["latency_ms_256"] and na(row["over_budget"])
         for name in ("lr", "decay", "l2", "dropout", "batch_size", "layers", "width", "growth", "pooling",
                      "batchnorm", "head", "optimizer", "momentum", "hidden"):
             if name in t.params:

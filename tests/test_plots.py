@@ -31,7 +31,7 @@ def check_png(path: Path) -> None:
         assert colours is not None and len(colours) > 50, path
 
 
-def test_plot_writes_the_six_pngs(runner: CliRunner, mixed_db: Path, in_tmp: Path) -> None:
+def test_plot_writes_the_seven_pngs(runner: CliRunner, mixed_db: Path, in_tmp: Path) -> None:
     url = f"sqlite:///{mixed_db}"
     result = runner.invoke(app, ["plot", "--study", "s", "--storage", url, "--out", "pics"])
     assert result.exit_code == 0, result.output

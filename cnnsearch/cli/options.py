@@ -64,6 +64,8 @@ def setting_param(name: str, *, panel: str | None = None, help: str | None = Non
         option = typer.Option(None, *decls, envvar=WORKERS_ENV, show_envvar=True,
                               help=f"{text} [default: auto]", rich_help_panel=panel or meta["panel"])
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None)
+    if meta.get("suffixed"):  # a number with a k, M or G suffix: parsed by RunSettings
+        kind = str
     if kind is bool:
         option = typer.Option(False, decls[0], *decls[1:], help=text, rich_help_panel=panel or meta["panel"])
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)

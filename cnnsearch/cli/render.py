@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cnnsearch.config.settings import fmt_amount
 from cnnsearch.search.events import EpochDone, Event, TrialFinished, TrialStarted
 from cnnsearch.store.rows import TrialRow
 
@@ -45,6 +46,8 @@ def stop_note(row: TrialRow) -> str:
     if row.status != "PRUNED":
         return ""
     a = row.attrs
+    if isinstance(budget := a.get("over_budget"), dict):
+        return f"over budget: {budget['attr']} {fmt_amount(budget['value'])} > {fmt_amount(budget['max'])}"
     if isinstance(chance := a.get("at_chance"), dict):
         epoch = f" epoch {chance['epoch']}" if "epoch" in chance else ""  # older studies recorded no epoch
         return f"at chance @ fold {chance.get('fold')}{epoch}"
@@ -72,6 +75,10 @@ def trial_line(row: TrialRow) -> str:
     return f"trial {row.number:>3} [{style}]{row.status:<8}[/] {acc:>16}  {params}{extra}"
 
 
+def fmt_cost(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else fmt_amount(value)
+
+
 def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: int | None = None) -> Table:
     """A table of trials in the given order."""
     table = Table(title=title, header_style="bold")
@@ -80,6 +87,9 @@ def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: i
     table.add_column("CV accuracy", justify="right")
     for key in KEY_PARAMS:
         table.add_column(key, justify="right")
+    table.add_column("MACs", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("ms/img", justify="right")
     table.add_column("L2/CE", justify="right")
     table.add_column("notes")
     for row in list(rows)[:limit]:
@@ -97,6 +107,8 @@ def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: i
             f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
             fmt_acc(row.cv_mean, row.cv_std),
             *(fmt_value(row.params.get(k, "-")) for k in KEY_PARAMS),
+            *(fmt_cost(row.attrs.get(k)) for k in ("macs", "n_params")),
+            "-" if row.attrs.get("latency_ms") is None else f"{row.attrs['latency_ms']:.2g}",
             "-" if ratio is None else f"{ratio:.2g}",
             ", ".join(notes),
         )

@@ -34,25 +34,55 @@ def _url(study: str, storage: str | None) -> str:
     return storage or default_storage_url(study)
 
 
+class Cost(StrEnum):
+    macs = "macs"
+    params = "params"
+    latency = "latency"
+
+
+class Pick(StrEnum):
+    best = "best"
+    smallest = "smallest"
+
+
+CostOpt = Annotated[Cost, typer.Option(
+    "--cost", help="The cost to weigh accuracy against: macs (conv and linear multiply-adds per image), params, or "
+                   "latency (ms per image at batch 1).")]
+
+
 def show(study: StudyOpt = "digits", storage: StorageOpt = None,
-         limit: Annotated[int | None, typer.Option(min=1, help="Show only the best N trials.")] = None) -> None:
+         limit: Annotated[int | None, typer.Option(min=1, help="Show only the best N trials.")] = None,
+         pareto: Annotated[bool, typer.Option(
+             "--pareto", help="Show only the Pareto front: the completed trials that no other trial beats on both "
+                              "CV accuracy and --cost, cheapest first.")] = False,
+         cost: CostOpt = Cost.macs) -> None:
     """Print the trials of a study, best first."""
     from cnnsearch.cli.render import trials_table
+    from cnnsearch.results.pareto import pareto_front
     from cnnsearch.store.rows import sort_rows, trial_rows
     from cnnsearch.store.storage import load_study
 
     rows = sort_rows(trial_rows(load_study(study, _url(study, storage))))
+    if pareto:
+        front = pareto_front(rows, cost.value)
+        console.print(trials_table(front, title=f"Pareto front of {study}: CV accuracy against {cost.value} "
+                                                f"({len(front)} of {len(rows)} trials)", limit=limit))
+        return
     console.print(trials_table(rows, title=f"Trials of {study} ({len(rows)})", limit=limit))
 
 
 def best(study: StudyOpt = "digits", storage: StorageOpt = None,
          fmt: Annotated[Format, typer.Option("--format", help="Output format: toml (with comments) or json.")] = (
-             Format.toml)) -> None:
+             Format.toml),
+         pick: Annotated[Pick, typer.Option(
+             "--pick", help="Which trial: best (the highest CV accuracy) or smallest (the cheapest in --cost whose "
+                            "fold-by-fold gap to the best is within one standard error).")] = Pick.best,
+         cost: CostOpt = Cost.macs) -> None:
     """Print the best trial as a configuration file with every dimension fixed, for run --config."""
     from cnnsearch.results.best import best_config
     from cnnsearch.store.storage import load_study
 
-    found = best_config(load_study(study, _url(study, storage)), storage)
+    found = best_config(load_study(study, _url(study, storage)), storage, pick=pick.value, cost=cost.value)
     typer.echo(found.toml() if fmt == Format.toml else found.json(), nl=False)
 
 
@@ -89,7 +119,8 @@ def plot(
                                                   "folder.")] = None,
     dpi: Annotated[int, typer.Option(min=30, max=600, help="Resolution of the PNG files in dots per inch.")] = 100,
 ) -> None:
-    """Draw the study as PNG plots: history, importances, parallel coordinates, stability map, curves, folds."""
+    """Draw the study as PNG plots: history, importances, parallel coordinates, stability map, curves, folds,
+    and the Pareto plot of CV accuracy against multiply-adds."""
     from cnnsearch.results.plots import make_plots
     from cnnsearch.store.storage import load_study
 

@@ -119,6 +119,7 @@ def resume_command(settings: RunSettings, command: str = "run") -> str:
 
 def render_summary(result: SearchResult, settings: RunSettings, command: str = "run") -> None:
     from cnnsearch.cli.render import config_table, trials_table
+    from cnnsearch.results.pareto import pick_summary
     from cnnsearch.store.rows import best_row, sort_rows
 
     rows = sort_rows(result.rows)
@@ -132,6 +133,8 @@ def render_summary(result: SearchResult, settings: RunSettings, command: str = "
                                                        f"CV {100 * (best.cv_mean or 0):.2f}%)"))
     else:
         console.print("No trial completed.")
+    if (line := pick_summary(rows)) is not None:
+        console.print(line, highlight=False)
     for note in result.notes:
         console.print(note, highlight=False)
     storage = f" --storage {settings.storage}" if settings.storage else ""

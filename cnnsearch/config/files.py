@@ -40,7 +40,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.settings import SETTING_FIELDS, Config, RunSettings
 from cnnsearch.config.space import CONDITIONS, DIM_BY_NAME, DIMS, DimSpec, build_space
 from cnnsearch.config.writer import describe_type, toml_value
 from cnnsearch.errors import CnnSearchError
@@ -265,6 +265,8 @@ def _run_values(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         if key == "workers" and isinstance(value, str) and value.strip().lower() == "auto":
             continue  # auto is the default: one worker per core
         ok, converted = _fit(value, hints[key])
+        if not ok and isinstance(value, str) and SETTING_FIELDS[key].metadata.get("suffixed"):
+            ok, converted = True, value  # "2M": RunSettings parses it
         if not ok:
             expected = 'an integer or "auto"' if key == "workers" else describe_type(hints[key])
             raise CnnSearchError(f"run.{key}{where}: {_show(value)} is {_type_name(value)}; expected {expected}")

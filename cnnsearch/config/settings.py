@@ -42,7 +42,7 @@ class PackFolds(StrEnum):
     off = "off"
 
 
-STUDY, DATA, SPACE, PRUNING, HARDWARE = "Study", "Data", "Search space", "Pruning", "Hardware"
+STUDY, DATA, SPACE, PRUNING, HARDWARE, COST = "Study", "Data", "Search space", "Pruning", "Hardware", "Cost limits"
 """The help panels of ``cnnsearch run --help``; the space's dimensions join the settings of the Search space."""
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
@@ -55,10 +55,48 @@ PACK_PRECISION_ERROR = ("--pack-folds on trains in fp32 only (under vmap, batchn
                         "with float32 statistics); use --precision fp32 or --pack-folds off")
 
 
-def option(default: Any, help: str, panel: str, *, short: str | None = None, show_default: bool = True) -> Any:
-    """A RunSettings field with what its command-line option shows: help text, panel, short flag."""
+def option(default: Any, help: str, panel: str, *, short: str | None = None, show_default: bool = True,
+           suffixed: bool = False) -> Any:
+    """A RunSettings field with what its command-line option shows: help text, panel, short flag. A ``suffixed``
+    number is given as text on the command line (and may be in a file): ``2M``, ``100k`` (:func:`parse_amount`)."""
     return field(default=default, metadata={"help": help, "panel": panel, "short": short,
-                                            "show_default": show_default})
+                                            "show_default": show_default, "suffixed": suffixed})
+
+
+AMOUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
+"""Multipliers of :func:`parse_amount`, in either case: k thousand, M million, G billion."""
+
+
+def parse_amount(value: Any, label: str) -> float | None:
+    """A positive limit given as a number or as text with an optional k, M or G suffix: ``"2M"`` -> 2e6."""
+    if value is None:
+        return None
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        scale = AMOUNT_SUFFIXES.get(text[-1].lower(), 1.0)
+        try:
+            number = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            number = None
+    if number is None or not 0 < number < math.inf:
+        raise CnnSearchError(f"{label} must be a positive number, optionally with a k, M or G suffix (2M, 100k), "
+                             f"but got {value!r}")
+    return number
+
+
+def fmt_amount(value: float) -> str:
+    """A count as :func:`parse_amount` reads it back, to 3 significant digits: 2e6 -> ``2M``, 1.5e5 -> ``150k``."""
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+LIMITS = {"max_macs": "macs", "max_params": "n_params", "max_latency_ms": "latency_ms"}
+"""Each cost limit and the trial attribute it bounds (:mod:`cnnsearch.training.cost`)."""
 
 
 def default_storage_url(study: str) -> str:
@@ -127,11 +165,23 @@ class RunSettings:
     pack_folds: PackFolds = option(
         PackFolds.auto, "Train the folds of a trial as one packed model (torch.func vmap): on, off, or auto (what "
         "the benchmarks measured faster: on for CUDA in fp32, off on the CPU).", HARDWARE)
+    max_macs: float | None = option(
+        None, "Never train a configuration with more conv and linear multiply-adds per image than this (k, M, G "
+        "suffixes: 2M); it is recorded PRUNED with the attribute over_budget.", COST, suffixed=True)
+    max_params: float | None = option(
+        None, "Never train a configuration with more parameters than this (k, M, G suffixes: 100k); it is recorded "
+        "PRUNED with the attribute over_budget.", COST, suffixed=True)
+    max_latency_ms: float | None = option(
+        None, "Never train a configuration slower than this many milliseconds per image at batch 1, measured on "
+        "the training device as the trial starts; it is recorded PRUNED with the attribute over_budget.", COST,
+        suffixed=True)
 
     def __post_init__(self) -> None:
         for name, kind in (("pruner", Pruner), ("device", Device), ("precision", Precision),
                            ("pack_folds", PackFolds)):
             object.__setattr__(self, name, choice(kind, getattr(self, name), f"--{name.replace('_', '-')}"))
+        for name in LIMITS:
+            object.__setattr__(self, name, parse_amount(getattr(self, name), f"--{name.replace('_', '-')}"))
         checks: list[tuple[str, bool, str]] = [
             ("--n-trials", self.n_trials >= 1, "at least 1"),
             ("--folds", self.folds >= 2, "at least 2"),
@@ -184,8 +234,9 @@ SETTING_FIELDS = {f.name: f for f in fields(RunSettings)}
 """RunSettings' fields by name, with the help and panel of each in ``metadata``."""
 
 FIXED_SETTINGS: tuple[str, ...] = ("dataset", "folds", "epochs", "seed", "explode", "test_fraction",
-                                   "max_samples", "image_size", "precision")
-"""Settings that define a study: resuming with other values would mix incomparable trials.
+                                   "max_samples", "image_size", "precision", *LIMITS)
+"""Settings that define a study: resuming with other values would mix incomparable trials (with other cost
+limits, a trial pruned as over budget would have trained).
 
 ``device`` and ``pack_folds`` are not among them: they change results by float noise only. ``precision`` is:
 bf16 changes them by more."""

@@ -28,8 +28,10 @@ class BestConfig:
         return json.dumps(self.doc, indent=2) + "\n"
 
 
-def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
-    """The best finished trial of ``study`` with the study's stored settings.
+def best_config(study: optuna.Study, storage: str | None = None, *, pick: str = "best",
+                cost: str = "macs") -> BestConfig:
+    """The best finished trial of ``study`` with the study's stored settings; with ``pick="smallest"``, the
+    cheapest in ``cost`` within noise of the best (:func:`cnnsearch.results.pareto.smallest_within_noise`).
 
     The file names a new study (``NAME-best``): the original keeps its space, and running the file trains the
     same parameters again.
@@ -38,10 +40,11 @@ def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
         study: A loaded study.
         storage: The storage URL the user named, if not the default; the new study goes to the same storage.
     """
+    from cnnsearch.results.pareto import pick_trial
     from cnnsearch.store.record import SETTINGS_ATTR
     from cnnsearch.store.rows import best_trial
 
-    trial = best_trial(study)
+    trial = best_trial(study) if pick == "best" else pick_trial(study, pick, cost)
     stored: dict[str, Any] = dict(study.user_attrs.get(SETTINGS_ATTR) or {})
     fields = [f.name for f in dataclasses.fields(RunSettings)]
     run: dict[str, Any] = {"study": f"{study.study_name}-best"}
@@ -56,7 +59,8 @@ def best_config(study: optuna.Study, storage: str | None = None) -> BestConfig:
     std = trial.user_attrs.get("cv_std")
     score = f"{100 * (trial.value or 0):.2f}%" + (f" ± {100 * std:.2f}" if isinstance(std, int | float) else "")
     header = (
-        f"Best trial {trial.number} of study {study.study_name!r}: CV accuracy {score}.",
+        f"{'Best trial' if pick == 'best' else f'Smallest trial within noise (by {cost})'} {trial.number} of study "
+        f"{study.study_name!r}: CV accuracy {score}.",
         "Every dimension is fixed: `cnnsearch run --config FILE` trains these parameters again, in the new",
         "study named below (the original study keeps its space).",
     )

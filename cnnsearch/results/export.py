@@ -39,7 +39,8 @@ HEAD_COLUMNS: tuple[str, ...] = ("number", "status", "cv_mean", "cv_std")
 
 
 TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "diverged", "diverged_fold", "diverged_epoch", "diverged_lr",
-                                 "l2_ratio", "l2_dominates", "n_params", "started", "completed", "best")
+                                 "l2_ratio", "l2_dominates", "n_params", "macs", "latency_ms", "latency_ms_256",
+                                 "over_budget", "started", "completed", "best")
 
 
 PARAM_COLUMNS: tuple[str, ...] = tuple(d.name for d in DIMS)
@@ -53,6 +54,7 @@ FIXED_DTYPES: dict[str, str] = {
     "number": "Int64", "status": "string", "cv_mean": "Float64", "cv_std": "Float64",
     "duration_s": "Float64", "diverged": "boolean", "diverged_fold": "Int64", "diverged_epoch": "Int64",
     "diverged_lr": "Float64", "l2_ratio": "Float64", "l2_dominates": "boolean", "n_params": "Int64",
+    "macs": "Float64", "latency_ms": "Float64", "latency_ms_256": "Float64", "over_budget": "string",
     "started": "datetime64[us]", "completed": "datetime64[us]", "best": "boolean",
 }
 
@@ -118,6 +120,11 @@ def _record(row: TrialRow, trial: optuna.trial.FrozenTrial, folds: int, best: in
         # Known only once every fold finished (the objective writes both together).
         "l2_dominates": a.get("l2_dominates") if ratio is not None else None,
         "n_params": a.get("n_params"),
+        "macs": a.get("macs"),
+        "latency_ms": a.get("latency_ms"),
+        "latency_ms_256": a.get("latency_ms_256"),
+        # The limit a configuration was over, by its option's name: it never trained.
+        "over_budget": budget.get("limit") if isinstance(budget := a.get("over_budget"), dict) else None,
         "started": trial.datetime_start,
         "completed": trial.datetime_complete,
         "best": row.number == best,

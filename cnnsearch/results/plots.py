@@ -1,10 +1,10 @@
 """Pictures of a study, drawn with matplotlib's Agg backend into PNG files.
 
-Six plots, each a pure function from trials to a :class:`matplotlib.figure.Figure` (no pyplot state, so
+Seven plots, each a pure function from trials to a :class:`matplotlib.figure.Figure` (no pyplot state, so
 nothing leaks between calls): the optimization history, parameter importances, parallel coordinates of the
-top trials, the stability map (learning rate against depth, diverged trials marked), learning curves and
-the per-fold spread of the best trials. A plot that needs completed trials is skipped with a note when
-there are none, rather than drawn empty.
+top trials, the stability map (learning rate against depth, diverged trials marked), learning curves, the
+per-fold spread of the best trials, and accuracy against multiply-adds (:mod:`cnnsearch.results.pareto_plot`).
+A plot that needs completed trials is skipped with a note when there are none, rather than drawn empty.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.results.pareto_plot import plot_pareto
 from cnnsearch.results.plot_data import PlotData, Skip, gather, importances, need_complete
 from cnnsearch.runtime.atomic import atomic_paths
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from cnnsearch.store.rows import TrialRow
 
 
-PLOTS: tuple[str, ...] = ("history", "importances", "parallel", "stability", "curves", "folds")
+PLOTS: tuple[str, ...] = ("history", "importances", "parallel", "stability", "curves", "folds", "pareto")
 """The files written, as ``<name>.png``, in this order."""
 
 
@@ -332,7 +333,7 @@ def plot_folds(data: PlotData) -> Figure:
 
 DRAW: dict[str, Callable[[PlotData], Figure]] = {
     "history": plot_history, "importances": plot_importances, "parallel": plot_parallel,
-    "stability": plot_stability, "curves": plot_curves, "folds": plot_folds,
+    "stability": plot_stability, "curves": plot_curves, "folds": plot_folds, "pareto": plot_pareto,
 }
 
 

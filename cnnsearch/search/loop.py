@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.config.settings import LIMITS, Config, RunSettings, fmt_amount
 from cnnsearch.runtime.cores import IDLE, PARKED, TRAINING, cpu_cores, set_threads, warm_up
 from cnnsearch.search.events import Emit, SearchResult, TrialFinished, ignore
 from cnnsearch.store.record import finished_count
@@ -117,7 +117,7 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
             interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
     share(PARKED)  # done, or past the deadline
     result.rows = trial_rows(study)
-    result.notes = divergence_notes(result.rows) + failure_notes(result.rows)
+    result.notes = divergence_notes(result.rows) + failure_notes(result.rows) + budget_notes(result.rows, run)
     done, _ = finished_count(study)
     if done < run.n_trials and run.timeout is not None:
         result.notes.append(timeout_note(run, done))
@@ -167,3 +167,25 @@ def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:
     else:
         notes.append(f"Consider an upper --lr bound below {lowest:.3g}.")
     return notes
+
+
+def budget_notes(rows: Sequence[TrialRow], run: RunSettings) -> list[str]:
+    """What the cost limits did: how many trials were over them (never trained), and advice when all were."""
+    over = [r for r in rows if isinstance(r.attrs.get("over_budget"), dict)]
+    if not over:
+        return []
+    limits = ", ".join(f"--{name.replace('_', '-')} {fmt_amount(getattr(run, name))}" for name in LIMITS
+                       if getattr(run, name) is not None)
+    if len(over) == len([r for r in rows if r.status not in ("RUNNING", "WAITING")]):
+        cheapest = min(over, key=lambda r: over_by(r.attrs["over_budget"]))
+        b = cheapest.attrs["over_budget"]
+        return [f"Every trial ({len(over)}) was over the cost limits ({limits}) and none trained: the cheapest, "
+                f"trial {cheapest.number}, has {b['attr']} {fmt_amount(b['value'])} against --{b['limit']} "
+                f"{fmt_amount(b['max'])}. "
+                "Raise the limit, or narrow the space to smaller nets (fewer --layers, a lower --width, --head gap)."]
+    return [f"{len(over)} of {len(rows)} trials were over the cost limits ({limits}) and never trained."]
+
+
+def over_by(budget: dict[str, float]) -> float:
+    """How many times over its limit an ``over_budget`` attribute is."""
+    return float(budget["value"]) / float(budget["max"])

@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cnnsearch.config.defaults import PACK_AUTO_DEVICES
-from cnnsearch.config.settings import Config
+from cnnsearch.config.settings import LIMITS, Config, RunSettings, fmt_amount
 from cnnsearch.search.events import Emit, EpochDone, TrialStarted
 
 if TYPE_CHECKING:
@@ -43,6 +43,16 @@ def use_packing(setting: str, device: torch.device, precision: str = "fp32") -> 
     if setting == "auto":
         return device.type in PACK_AUTO_DEVICES and precision == "fp32"
     return setting == "on"
+
+
+def over_budget(run: RunSettings, cost: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The first cost limit of ``run`` that ``cost`` (trial attributes) exceeds, as the ``over_budget``
+    attribute: the limit's option, its value, the attribute and the configuration's value; None when within all."""
+    for name, attr in LIMITS.items():
+        limit, value = getattr(run, name), cost.get(attr)
+        if limit is not None and value is not None and value > limit:
+            return {"limit": name.replace("_", "-"), "max": limit, "attr": attr, "value": value}
+    return None
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,7 @@ class Objective:
         # holding the claim, could otherwise take the trial (re-queued from a dead one) for its dead owner's.
         self.on_start()
         self.check_cap(trial, params)
+        self.check_cost(trial, params)
         reused = self.take_over(trial)
         record = TrialRecord(trial, reused.scores, reused.l2_ratios, reused.curves, reused.seconds,
                              most_threads=torch.get_num_threads(), last_step=len(reused.curves) * run.epochs - 1)
@@ -232,6 +243,27 @@ class Objective:
         trial.report(0.0, 0)
         raise optuna.TrialPruned(f"lr {params.lr:.3g} is above the probe's cap {bound.cap:.3g} for "
                                  f"{bound.layers} layers, {bound.optimizer}, batchnorm {bound.batchnorm}")
+
+    def check_cost(self, trial: optuna.Trial, params: TrialParams) -> None:
+        """Record what the configuration costs (:mod:`cnnsearch.training.cost`); one over a cost limit is PRUNED
+        untrained, with ``over_budget``. Its latency is measured only when parameters and MACs are within limits."""
+        import optuna
+
+        from cnnsearch.training.cost import measure_cost, static_cost
+
+        x = self.data.x
+        shape = (int(x.shape[1]), min(int(x.shape[2]), int(x.shape[3])), self.data.n_classes)
+        cost, _ = static_cost(params, *shape)
+        over = over_budget(self.config.run, cost.attrs())
+        if over is None:
+            cost = measure_cost(params, *shape, x.device)
+            over = over_budget(self.config.run, cost.attrs())
+        for key, value in cost.attrs().items():
+            trial.set_user_attr(key, value)
+        if over is not None:
+            trial.set_user_attr("over_budget", over)
+            raise optuna.TrialPruned(f"over budget: {over['attr']} {fmt_amount(over['value'])} > --{over['limit']} "
+                                     f"{fmt_amount(over['max'])}")
 
     def take_over(self, trial: optuna.Trial) -> ReusedFolds:
         """The folds a dead trial finished, reported again as this trial's."""

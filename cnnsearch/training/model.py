@@ -62,6 +62,23 @@ def conv_macs(arch: Mapping[str, Any], in_channels: int, size: int) -> float:
     return total
 
 
+def linear_macs(last_channels: int, head: str, hidden: int | None, n_classes: int) -> int:
+    """Multiply-adds of the classifier of :func:`build_model` for one image: one linear layer after global pooling,
+    or two through the ``fc`` head's hidden layer."""
+    if head == "fc":
+        assert hidden is not None
+        return last_channels * hidden + hidden * n_classes
+    return last_channels * n_classes
+
+
+def model_macs(params: TrialParams, in_channels: int, size: int, n_classes: int) -> float:
+    """Conv plus linear multiply-adds of :func:`build_model` for one image (pooling, batchnorm and activations are
+    not counted). The conv part is :func:`conv_macs`, the function the cost-aware sampler ranks candidates by."""
+    conv = conv_macs(params.to_dict(), in_channels, size)
+    last = channel_plan(params.layers, params.width, params.growth, size)[-1]
+    return conv + linear_macs(last, params.head, params.hidden, n_classes)
+
+
 def build_model(params: TrialParams, in_channels: int, size: int, n_classes: int) -> nn.Module:
     """3x3 same-padded conv blocks, pooled per :func:`pool_positions`, then global average pooling,
     dropout and the classifier (optionally through one hidden layer)."""
