@@ -12,7 +12,7 @@ retrains it (2 conv layers of width 16), then, on the CPU:
 - the exported ONNX graph in onnxruntime against the same graph in torch (normalisation and softmax included),
   both with the same number of threads: images per second.
 
-    python -m bench.bench_predict                 # under a minute on 2 idle cores
+    python -m bench.bench_predict --repeats 5     # the figures on docs/performance.md
     python -m bench.bench_predict --repeats 5 --threads 1   # steadier on a shared machine
 """
 

@@ -117,6 +117,8 @@ def test_show_pareto_best_pick_smallest_and_the_summary(runner: CliRunner) -> No
     assert f"Smallest trial within noise (by macs) {pick.smallest.number} of study 't'" in toml
     bad = runner.invoke(app, ["show", "--study", "t", "--pareto", "--cost", "flops"])
     assert bad.exit_code == 2
+    retrained = runner.invoke(app, ["retrain", "--study", "t", "--pick", "smallest"])
+    assert retrained.exit_code == 0 and f"Trial {pick.smallest.number} " in retrained.stdout, retrained.output
 
 
 def test_the_pareto_plot_draws_a_handmade_study(tmp_path: Path) -> None:

@@ -143,6 +143,11 @@ def retrain(
                                                    "deviation, and keep the median seed's model.")] = 1,
     trial: Annotated[int | None, typer.Option(min=0, help="Retrain this completed trial instead of the best "
                                                           "one.")] = None,
+    pick: Annotated[Pick, typer.Option(
+        "--pick", help="Which trial, unless --trial names one: best (the highest CV accuracy) or smallest (the "
+                       "cheapest in --cost whose fold-by-fold gap to the best is within one standard error).")]
+    = Pick.best,
+    cost: CostOpt = Cost.macs,
     threads: ThreadsOpt = None,
     **given: Any,
 ) -> None:
@@ -156,6 +161,10 @@ def retrain(
     url = _url(study, storage)
     loaded = load_study(study, url)
     _threads(threads)
+    if trial is None and pick == Pick.smallest:
+        from cnnsearch.results.pareto import pick_trial
+
+        trial = pick_trial(loaded, pick.value, cost.value).number
     which = "the best trial" if trial is None else f"trial {trial}"
     with console.status(f"Retraining {which} of {study} on the whole search split ({seeds} seed"
                         f"{'s' * (seeds != 1)})..."):

@@ -94,27 +94,33 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         ready()
     if deadline is None:
         deadline = math.inf if run.timeout is None else time.time() + run.timeout
-    with TrialClaim(storage, run.study, sqlite_path(run.storage_url)) as claim:
-        objective = Objective(config, data, plan, emit, pruner, storage=storage, on_start=claim.release,
-                              fit_threads=fit_threads, probe_caps=probe.stored(study))
-        while time.time() < deadline:
-            interrupts.checkpoint()
-            claim.acquire()
-            try:
-                done, running = claim_turn(study, storage, heartbeat)
-                if done >= run.n_trials:
-                    break
-                if done + running < run.n_trials:
-                    # One trial per call: the claim is released as the trial starts.
-                    share(TRAINING)
-                    study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
-                    share(IDLE)
-                    result.ran += 1
-                    continue
-            finally:
-                claim.release()
-            share(PARKED)  # nothing left to start: the workers still training may use this one's cores
-            interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
+    try:
+        with TrialClaim(storage, run.study, sqlite_path(run.storage_url)) as claim:
+            objective = Objective(config, data, plan, emit, pruner, storage=storage, on_start=claim.release,
+                                  fit_threads=fit_threads, probe_caps=probe.stored(study))
+            while time.time() < deadline:
+                interrupts.checkpoint()
+                claim.acquire()
+                try:
+                    done, running = claim_turn(study, storage, heartbeat)
+                    if done >= run.n_trials:
+                        break
+                    if done + running < run.n_trials:
+                        # One trial per call: the claim is released as the trial starts.
+                        share(TRAINING)
+                        study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+                        share(IDLE)
+                        result.ran += 1
+                        continue
+                finally:
+                    claim.release()
+                share(PARKED)  # nothing left to start: the workers still training may use this one's cores
+                interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
+    except Exception as exc:  # a write to the study failed: say why in one line, keep what is stored
+        cause = storage_cause(exc)
+        if cause is None:
+            raise
+        raise storage_failure(run, cause) from None
     share(PARKED)  # done, or past the deadline
     result.rows = trial_rows(study)
     result.notes = divergence_notes(result.rows) + failure_notes(result.rows) + budget_notes(result.rows, run)
@@ -122,6 +128,36 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
     if done < run.n_trials and run.timeout is not None:
         result.notes.append(timeout_note(run, done))
     return result
+
+
+def storage_cause(exc: BaseException) -> BaseException | None:
+    """The database error behind ``exc``, if one is in its chain (Optuna wraps a failed commit in its own
+    exceptions, and a failure inside ``optimize`` can surface as another)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, OperationalError | sqlite3.OperationalError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_failure(run: RunSettings, exc: BaseException) -> Exception:
+    """The one line for a study write that failed mid-run: a full disk (or a file-size limit) by name, else the
+    database's own first line. What was already stored stays; a rerun resumes from it."""
+    from cnnsearch.errors import RUNTIME, CnnSearchError
+
+    first = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+    if "full" in first.lower():
+        return CnnSearchError(f"--storage: {run.storage_url}: the disk is full ({first}); free some space, then run "
+                              "the same command again to resume", exit_code=RUNTIME)
+    return CnnSearchError(f"--storage: {run.storage_url}: a write to the study failed ({first}); run the same "
+                          "command again to resume", exit_code=RUNTIME)
 
 
 def claim_turn(study: optuna.Study, storage: optuna.storages.RDBStorage, heartbeat: bool) -> tuple[int, int]:
