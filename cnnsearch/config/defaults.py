@@ -68,5 +68,10 @@ TABLE: tuple[Tuned, ...] = (
     Tuned("PACK_AUTO_DEVICES", PACK_AUTO_DEVICES, "search.objective",
           "Devices on which --pack-folds auto packs the folds (in fp32 only): 1.01-1.33x (median 1.15x) on an "
           "H200, but 0.5-0.7x on the CPU, where vmap's grouped convolutions run worse than k plain ones."),
+    Tuned("PROBE_CAP_SHARE", PROBE_CAP_SHARE, "search.probe",
+          "With --probe, the highest rate a trial may train with, as a share of the rate where the probe's loss "
+          "blew up: the sweep holds each rate for one step and a trial holds it for a whole fold, so a trial's "
+          "edge lies below the sweep's. Half is a first-principles guess, not yet measured against diverged "
+          "trials."),
 )
 """The tuned defaults, in the order of the data flow (sampling, pruning, training, workers)."""
