@@ -15,16 +15,10 @@ limited run's best accuracy.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import study_run
 
 
 @dataclass
@@ -39,20 +33,12 @@ class Outcome:
 
 
 def run(args: list[str]) -> Outcome:
-    import optuna
 
     from cnnsearch.errors import CnnSearchError
     from cnnsearch.results.pareto import smallest_within_noise
     from cnnsearch.store.rows import best_row, trial_rows
 
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160"}
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cnnsearch", "run", *args], cwd=tmp, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp}/studies/digits.db")
+    with study_run(args, "digits") as (wall, study):
         rows = trial_rows(study)
         best = best_row(rows)
         try:

@@ -17,26 +17,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: bench.common from this checkout
+
+from bench.common import study_run  # noqa: E402  (after the path line above)
 
 
 def run(args: list[str], root: Path = ROOT) -> dict[str, float]:
     """One ``cnnsearch run`` with the code of the checkout at ``root``, in a fresh folder."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "160"}
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cnnsearch", "run", *args], cwd=tmp, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        study = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp}/studies/digits.db")
+    with study_run(args, "digits", root) as (wall, study):
         trials = study.get_trials()
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         first = min(trials, key=lambda t: t.datetime_start).datetime_start

@@ -12,32 +12,19 @@ included).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import optuna
 
-from bench.common import machine, print_table
+from bench.common import machine, print_table, study_run
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACE = ["--lr", "1e-4:10", "--optimizer", "sgd", "--batchnorm", "false,true", "--layers", "2:10"]
 
 
 def search(seed: int, trials: int, epochs: int, probe: bool, extra: list[str]) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160"}
-        args = ["run", "--study", "p", "-n", str(trials), "--epochs", str(epochs), "--seed", str(seed), *SPACE,
-                *(["--probe"] if probe else []), *extra]
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cnnsearch", *args], cwd=tmp, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp}/studies/p.db")
+    args = ["--study", "p", "-n", str(trials), "--epochs", str(epochs), "--seed", str(seed), *SPACE,
+            *(["--probe"] if probe else []), *extra]
+    with study_run(args, "p") as (wall, study):
         done = [t for t in study.trials if t.duration is not None]
         total = sum(t.duration.total_seconds() for t in done)  # type: ignore[union-attr]
         diverged = [t for t in done if t.user_attrs.get("diverged")]

@@ -12,8 +12,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,22 @@ def env() -> dict[str, str]:
 
 def cnnsearch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "cnnsearch", *args]
+
+
+@contextmanager
+def study_run(args: Sequence[str], study: str, root: Path = ROOT) -> Iterator[tuple[float, Any]]:
+    """``cnnsearch run ARGS`` with the code of the checkout at ``root``, in a fresh folder, as a fresh process:
+    yields (wall seconds, the Optuna study it left), the folder kept until the block ends."""
+    import optuna
+
+    with tempfile.TemporaryDirectory() as tmp:
+        environ = {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "160"}
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cnnsearch", "run", *args], cwd=tmp, env=environ, check=True,
+                       stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        yield wall, optuna.load_study(study_name=study, storage=f"sqlite:///{tmp}/studies/{study}.db")
 
 
 def timed(cmd: list[str], cwd: Path, **extra: str) -> float:
