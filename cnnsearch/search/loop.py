@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     import optuna
 
     from cnnsearch.runtime.cores import CoreSlot
+    from cnnsearch.search.objective import Objective
     from cnnsearch.search.setup import Setup
+    from cnnsearch.store.claim import TrialClaim
 
 POLL_INTERVAL = 0.5
 """Seconds between checks while the trials left are running on other workers (the last worker to finish ends the
@@ -58,7 +60,6 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.runtime.interrupts.handled`):
             the current trial is FAIL with the ``interrupted`` attribute, and queued again.
     """
-    from cnnsearch.runtime import interrupts
     from cnnsearch.search import probe
     from cnnsearch.search.objective import Objective
     from cnnsearch.search.setup import arm, set_up
@@ -98,24 +99,8 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         with TrialClaim(storage, run.study, sqlite_path(run.storage_url)) as claim:
             objective = Objective(config, data, plan, emit, pruner, storage=storage, on_start=claim.release,
                                   fit_threads=fit_threads, probe_caps=probe.stored(study))
-            while time.time() < deadline:
-                interrupts.checkpoint()
-                claim.acquire()
-                try:
-                    done, running = claim_turn(study, storage, heartbeat)
-                    if done >= run.n_trials:
-                        break
-                    if done + running < run.n_trials:
-                        # One trial per call: the claim is released as the trial starts.
-                        share(TRAINING)
-                        study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
-                        share(IDLE)
-                        result.ran += 1
-                        continue
-                finally:
-                    claim.release()
-                share(PARKED)  # nothing left to start: the workers still training may use this one's cores
-                interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
+            result.ran = trial_loop(study, storage, objective, claim, run.n_trials, deadline, heartbeat=heartbeat,
+                                    share=share, after=after)
     except Exception as exc:  # a write to the study failed: say why in one line, keep what is stored
         cause = storage_cause(exc)
         if cause is None:
@@ -128,6 +113,36 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
     if done < run.n_trials and run.timeout is not None:
         result.notes.append(timeout_note(run, done))
     return result
+
+
+def trial_loop(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective, claim: TrialClaim,
+               target: int, deadline: float, *, heartbeat: bool, share: Callable[[int], None],
+               after: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]) -> int:
+    """Holding the claim for each turn, start one trial while finished plus running trials are fewer than
+    ``target``; wait while the trials left run elsewhere; stop at the target or the deadline. Returns the trials
+    this worker ran."""
+    from cnnsearch.runtime import interrupts
+
+    ran = 0
+    while time.time() < deadline:
+        interrupts.checkpoint()
+        claim.acquire()
+        try:
+            done, running = claim_turn(study, storage, heartbeat)
+            if done >= target:
+                break
+            if done + running < target:
+                # One trial per call: the claim is released as the trial starts.
+                share(TRAINING)
+                study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
+                share(IDLE)
+                ran += 1
+                continue
+        finally:
+            claim.release()
+        share(PARKED)  # nothing left to start: the workers still training may use this one's cores
+        interrupts.sleep(POLL_INTERVAL)  # the trials left run elsewhere: wait in case one of them dies
+    return ran
 
 
 def storage_cause(exc: BaseException) -> BaseException | None:

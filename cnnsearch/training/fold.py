@@ -102,6 +102,21 @@ def prenormalised(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> 
     return x.float().mul_(scale).add_(shift)
 
 
+def fresh_model(params: TrialParams, channels: int, size: int, n_classes: int, seed: int,
+                device: torch.device) -> nn.Module:
+    """The trial's model, initialised under ``seed`` on the CPU (so the device changes nothing but float noise),
+    its dropout masks drawn on the CPU too, then moved to ``device`` in its memory format."""
+    import torch
+
+    from cnnsearch.training.device import continue_cpu_stream, memory_format, use_host_dropout
+    from cnnsearch.training.model import build_model
+
+    torch.manual_seed(seed)  # weight init, on the CPU
+    model = build_model(params, channels, size, n_classes)
+    use_host_dropout(model, continue_cpu_stream())  # the masks nn.Dropout would draw on the CPU
+    return model.to(device).to(memory_format=memory_format(device))
+
+
 def train_fold(
     params: TrialParams,
     x_train: torch.Tensor,
@@ -137,17 +152,14 @@ def train_fold(
     import torch.nn.functional as F
 
     from cnnsearch.training.augment import batch_augment
-    from cnnsearch.training.device import autocast, continue_cpu_stream, memory_format, use_host_dropout
-    from cnnsearch.training.model import build_model, count_params, l2_term, l2_weights
+    from cnnsearch.training.device import autocast
+    from cnnsearch.training.model import count_params, l2_term, l2_weights
 
     device = x_train.device
     forward_context = autocast(device, precision)
-    torch.manual_seed(seed)  # weight init, on the CPU
-    gen = torch.Generator().manual_seed(seed)  # batch order, on the CPU whatever the device
     _, c, h, w = x_train.shape
-    model = build_model(params, int(c), min(int(h), int(w)), n_classes)
-    use_host_dropout(model, continue_cpu_stream())  # the masks nn.Dropout would draw on the CPU
-    model = model.to(device).to(memory_format=memory_format(device))
+    model = fresh_model(params, int(c), min(int(h), int(w)), n_classes, seed, device)
+    gen = torch.Generator().manual_seed(seed)  # batch order, on the CPU whatever the device
     weights = l2_weights(model)
     opt = make_optimizer(params, model.parameters(), fused=FUSED_OPTIMIZER)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.decay)
