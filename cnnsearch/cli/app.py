@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -80,6 +81,7 @@ def main() -> None:
     """Console-script entry point. Output that cannot be written (a full device, a closed pipe) is an error, exit 1,
     not a silent success."""
     code: Any = 0
+    threading.excepthook = _thread_failed
     try:
         problem = None
         try:
@@ -103,6 +105,14 @@ def main() -> None:
         sys.exit(code)
     finally:
         _before_exit()
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """A background thread (Optuna's heartbeat) that fails says so in one line, not a traceback: the command's
+    own thread meets the same failure (a full disk, a lost database) and reports it as its error."""
+    first = (str(args.exc_value).strip().splitlines() or [getattr(args.exc_type, "__name__", "error")])[0]
+    name = args.thread.name if args.thread is not None else "a background thread"
+    err_console.print(f"Warning: {name} stopped: {first}", markup=False, highlight=False)
 
 
 def _before_exit() -> None:
