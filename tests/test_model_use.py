@@ -249,3 +249,34 @@ def test_the_readme_onnx_lines_run(runner: CliRunner, tiny: Tiny, in_tmp: Path,
     exec(compile(blocks[0], "README.md", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert re.fullmatch(r"\['\d', '\d', '\d', '\d'\]", printed), printed
+
+
+def test_predict_and_export_take_a_study_with_pick_or_trial(runner: CliRunner, tiny: Tiny, in_tmp: Path) -> None:
+    copy_db(tiny.db, in_tmp / "studies" / "digits.db")
+    shutil.copytree(tiny.model.parent, in_tmp / "studies" / "digits")
+    best = json.loads((in_tmp / "studies" / "digits" / "metrics.json").read_text())["trial"]
+    other = 1 - best  # the tiny study has 2 completed trials
+    x, y = held_out(tiny)
+    np.savez(in_tmp / "t.npz", x=x.numpy()[:5, 0], y=y.numpy()[:5])
+    predict = ["predict", "npz:t.npz", "--study", "digits", "--threads", "1"]
+    missing = runner.invoke(app, [*predict, "--trial", str(other)])
+    assert one_error_line(missing, 1) == (f"Error: --study: trial {other} of 'digits' has no retrained model in "
+                                          f"studies/digits; make one with: cnnsearch retrain --study digits --trial "
+                                          f"{other}\n")
+    retrained = runner.invoke(app, ["retrain", "--trial", str(other), "--threads", "1"])
+    assert retrained.exit_code == 0, retrained.output
+    saved = Path("studies") / "digits" / f"trial-{other}" / "model.pt"
+    assert json.loads((saved.parent / "metrics.json").read_text())["trial"] == other
+    assert json.loads((in_tmp / "studies" / "digits" / "metrics.json").read_text())["trial"] == best  # kept
+    for chosen, path in ((["--trial", str(other)], saved), (["--pick", "best"], Path("studies/digits/model.pt"))):
+        result = runner.invoke(app, [*predict, *chosen])
+        assert result.exit_code == 0, result.output
+        assert result.stderr.startswith(f"Model: {path}\n"), result.stderr
+    exported = runner.invoke(app, ["export-model", "--study", "digits", "--trial", str(other), "-f", "pt2"])
+    assert exported.exit_code == 0, exported.output
+    assert (saved.parent / "model.pt2").is_file() and not (in_tmp / "studies" / "digits" / "model.pt2").exists()
+    both = runner.invoke(app, [*predict, "-m", str(saved)])
+    assert one_error_line(both, 2).startswith("Error: --model or --study: give exactly one")
+    stray = runner.invoke(app, ["export-model", "-m", str(saved), "--trial", "0"])
+    assert one_error_line(stray, 2).startswith("Error: --trial, --pick and --storage choose a model of a --study")
+    assert one_error_line(runner.invoke(app, ["predict", "npz:t.npz"]), 2).startswith("Error: --model or --study")

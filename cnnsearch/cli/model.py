@@ -12,6 +12,10 @@ from rich.table import Table
 
 from cnnsearch.cli.options import setting_param, settings_given, takes
 from cnnsearch.cli.render import console, err_console
+from cnnsearch.cli.results import Cost, CostOpt, Pick, PickOpt, TrialOpt, chosen_trial
+from cnnsearch.cli.search import StorageOpt
+from cnnsearch.config.settings import default_storage_url
+from cnnsearch.errors import CnnSearchError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -20,8 +24,32 @@ if TYPE_CHECKING:
 
 MAX_ROWS = 50  # rows of the predictions table; --out writes them all
 
-ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="A model.pt written by cnnsearch retrain; its "
-                                                              "config.json must sit beside it.")]
+ModelOpt = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="A model.pt written by cnnsearch retrain; its config.json must sit beside it. Or give "
+                          "--study instead.", show_default=False)]
+ModelStudyOpt = Annotated[str | None, typer.Option(
+    "--study", "-s", help="Instead of --model: the model that cnnsearch retrain saved in its default folder for "
+                          "the trial that --pick or --trial names.", show_default=False)]
+
+
+def model_path(model: Path | None, study: str | None, storage: str | None, trial: int | None, pick: Pick,
+               cost: Cost) -> Path:
+    """``--model``, or the retrained model of the trial that ``--study`` with ``--pick``/``--trial`` names."""
+    if (model is None) == (study is None):
+        raise CnnSearchError("--model or --study: give exactly one (the saved model.pt, or the study whose "
+                             "retrained model to use)")
+    if model is not None:
+        if trial is not None or pick != Pick.best or storage is not None:
+            raise CnnSearchError("--trial, --pick and --storage choose a model of a --study; with --model they "
+                                 "have no effect, so leave them out")
+        return model
+    assert study is not None
+    from cnnsearch.results.retrain import model_of
+    from cnnsearch.store.storage import load_study
+
+    url = storage or default_storage_url(study)
+    loaded = load_study(study, url)
+    return model_of(loaded, url, chosen_trial(loaded, trial, pick, cost))
 
 
 class ModelFormat(StrEnum):
@@ -59,7 +87,12 @@ def predict(
                                                "like the model's classes give an accuracy) or npz:FILE with an "
                                                "array x (and optionally labels y).", show_default=False,
                                                metavar="PATH")],
-    model: ModelOpt,
+    model: ModelOpt = None,
+    study: ModelStudyOpt = None,
+    storage: StorageOpt = None,
+    trial: TrialOpt = None,
+    pick: PickOpt = Pick.best,
+    cost: CostOpt = Cost.macs,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Show the k most probable classes of each image.")]
     = 3,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Write every prediction to this .csv or .json "
@@ -78,7 +111,10 @@ def predict(
 
         torch.set_num_threads(threads)
     device = str(settings_given(given).get("device", "auto"))
-    result = predict_paths(model, paths, top_k=top_k, device=device, strict=strict)
+    path = model_path(model, study, storage, trial, pick, cost)
+    if study is not None:
+        err_console.print(f"Model: {path}", markup=False, highlight=False)
+    result = predict_paths(path, paths, top_k=top_k, device=device, strict=strict)
     for warning in result.warnings:
         err_console.print(f"Warning: {warning}", markup=False, highlight=False)
     for note in result.notes:
@@ -103,12 +139,17 @@ def predict(
 
 @takes(setting_param("data_dir"))
 def export_model(
-    model: ModelOpt,
+    model: ModelOpt = None,
+    study: ModelStudyOpt = None,
+    storage: StorageOpt = None,
+    trial: TrialOpt = None,
+    pick: PickOpt = Pick.best,
+    cost: CostOpt = Cost.macs,
     fmt: Annotated[ModelFormat, typer.Option("--format", "-f", help="onnx (needs the export extra: pip install "
                                              "'cnnsearch[export]') or pt2 (torch.export).")] = ModelFormat.onnx,
     out: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False,
                                              help="File to write. Default: model.onnx or model.pt2 beside "
-                                                  "--model.")] = None,
+                                                  "the model.")] = None,
     **given: Any,
 ) -> None:
     """Export a saved model, normalisation included (uint8 images in, probabilities out), and check it against the
@@ -116,8 +157,9 @@ def export_model(
     from cnnsearch.results.model_export import MAX_PROB_DIFF
     from cnnsearch.results.model_export import export_model as run_export
 
-    with console.status(f"Exporting {model} as {fmt.value} and checking it on the held-out split..."):
-        result = run_export(model, fmt.value, out, machine=settings_given(given))
+    path = model_path(model, study, storage, trial, pick, cost)
+    with console.status(f"Exporting {path} as {fmt.value} and checking it on the held-out split..."):
+        result = run_export(path, fmt.value, out, machine=settings_given(given))
     p = result.parity
     c, h, w = result.shape
     console.print(f"Wrote {result.path} in {result.export_seconds:.1f} s: uint8 images (N, {c}, {h}, {w}) in, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from cnnsearch.cli.render import console, err_console
 from cnnsearch.cli.search import MACHINE_OPTIONS, StorageOpt, StudyOpt
 from cnnsearch.config.settings import default_storage_url
 from cnnsearch.errors import RUNTIME, CnnSearchError
+
+if TYPE_CHECKING:
+    import optuna
 
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="Torch threads. Default: all cores.")]
 
@@ -48,6 +51,21 @@ class Pick(StrEnum):
 CostOpt = Annotated[Cost, typer.Option(
     "--cost", help="The cost to weigh accuracy against: macs (conv and linear multiply-adds per image), params, or "
                    "latency (ms per image at batch 1).")]
+PickOpt = Annotated[Pick, typer.Option(
+    "--pick", help="Which trial, unless --trial names one: best (the highest CV accuracy) or smallest (the cheapest "
+                   "in --cost whose fold-by-fold gap to the best is within one standard error).")]
+TrialOpt = Annotated[int | None, typer.Option(min=0, help="This completed trial instead of the one --pick names.")]
+
+
+def chosen_trial(loaded: optuna.Study, trial: int | None, pick: Pick, cost: Cost) -> int:
+    """The number of the trial that ``--trial`` names, or else ``--pick``; it must have completed."""
+    if trial is not None or pick == Pick.best:
+        from cnnsearch.results.retrain import pick_trial as numbered
+
+        return numbered(loaded, trial).number  # the best when trial is None
+    from cnnsearch.results.pareto import pick_trial
+
+    return pick_trial(loaded, pick.value, cost.value).number
 
 
 def show(study: StudyOpt = "digits", storage: StorageOpt = None,
@@ -137,23 +155,20 @@ def retrain(
     storage: StorageOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False,
                                              help="Folder for model.pt, config.json and metrics.json. Default: "
-                                                  "studies/STUDY next to the study's SQLite file.")] = None,
+                                                  "studies/STUDY next to the study's SQLite file for the best "
+                                                  "trial, studies/STUDY/trial-N for another.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Train this many seeds (the study's seed and the ones after "
                                                    "it), report each test accuracy, their mean and standard "
                                                    "deviation, and keep the median seed's model.")] = 1,
-    trial: Annotated[int | None, typer.Option(min=0, help="Retrain this completed trial instead of the best "
-                                                          "one.")] = None,
-    pick: Annotated[Pick, typer.Option(
-        "--pick", help="Which trial, unless --trial names one: best (the highest CV accuracy) or smallest (the "
-                       "cheapest in --cost whose fold-by-fold gap to the best is within one standard error).")]
-    = Pick.best,
+    trial: TrialOpt = None,
+    pick: PickOpt = Pick.best,
     cost: CostOpt = Cost.macs,
     threads: ThreadsOpt = None,
     **given: Any,
 ) -> None:
     """Train the best configuration on the whole search split and score it once on the held-out test split."""
     from cnnsearch.cli.render import confusion_table, fmt_acc, per_class_table
-    from cnnsearch.results.retrain import default_out_dir
+    from cnnsearch.results.retrain import out_dir_for
     from cnnsearch.results.retrain import retrain as run_retrain
     from cnnsearch.results.saved import CONFIG_FILE, METRICS_FILE, MODEL_FILE
     from cnnsearch.store.storage import load_study
@@ -161,15 +176,11 @@ def retrain(
     url = _url(study, storage)
     loaded = load_study(study, url)
     _threads(threads)
-    if trial is None and pick == Pick.smallest:
-        from cnnsearch.results.pareto import pick_trial
-
-        trial = pick_trial(loaded, pick.value, cost.value).number
-    which = "the best trial" if trial is None else f"trial {trial}"
-    with console.status(f"Retraining {which} of {study} on the whole search split ({seeds} seed"
+    number = chosen_trial(loaded, trial, pick, cost)
+    with console.status(f"Retraining trial {number} of {study} on the whole search split ({seeds} seed"
                         f"{'s' * (seeds != 1)})..."):
-        result = run_retrain(loaded, out or default_out_dir(study, url), machine=settings_given(given), seeds=seeds,
-                             trial=trial)
+        result = run_retrain(loaded, out or out_dir_for(loaded, url, number), machine=settings_given(given),
+                             seeds=seeds, trial=number)
     console.print(f"Trial {result.trial} (CV {fmt_acc(result.cv_mean, result.cv_std)}) retrained on "
                   f"{result.n_train} images for {result.epochs} epochs in {result.seconds:.1f} s.", highlight=False)
     s = result.scores

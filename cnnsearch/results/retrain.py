@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnsearch.config.settings import default_storage_url
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.results.saved import (
     CONFIG_VERSION,
@@ -90,11 +91,43 @@ def stored_settings(study: optuna.Study) -> dict[str, Any]:
     return settings
 
 
-def default_out_dir(study_name: str, storage_url: str) -> Path:
-    """``studies/<study>/`` next to the SQLite file, or in the current folder for a server storage."""
-    if storage_url.startswith("sqlite:///"):
-        return Path(storage_url[len("sqlite:///"):]).parent / study_name
-    return Path("studies") / study_name
+def default_out_dir(study_name: str, storage_url: str, trial: int | None = None) -> Path:
+    """``studies/<study>/`` next to the SQLite file, or in the current folder for a server storage; a trial other
+    than the best (``trial`` given) gets the subfolder ``trial-<N>``, so that its model sits beside the best's."""
+    base = Path(storage_url[len("sqlite:///"):]).parent if storage_url.startswith("sqlite:///") else Path("studies")
+    return base / study_name if trial is None else base / study_name / f"trial-{trial}"
+
+
+def out_dir_for(study: optuna.Study, storage_url: str, trial: int) -> Path:
+    """Where ``retrain`` saves trial ``trial`` of ``study`` by default: :func:`default_out_dir`, the subfolder
+    only when the trial is not the best."""
+    best = best_trial(study).number
+    return default_out_dir(study.study_name, storage_url, None if trial == best else trial)
+
+
+def model_of(study: optuna.Study, storage_url: str, trial: int) -> Path:
+    """The ``model.pt`` that ``retrain`` saved for trial ``trial`` in its default place: ``studies/<study>/
+    trial-<N>/``, or ``studies/<study>/`` when the ``metrics.json`` there names that trial.
+
+    Raises:
+        CnnSearchError: no retrained model of that trial there; the message gives the command that makes one.
+    """
+    import json
+
+    from cnnsearch.results.saved import METRICS_FILE, MODEL_FILE
+
+    for folder in (default_out_dir(study.study_name, storage_url, trial), default_out_dir(study.study_name,
+                                                                                         storage_url)):
+        try:
+            metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict) and metrics.get("trial") == trial and (folder / MODEL_FILE).is_file():
+            return folder / MODEL_FILE
+    storage = "" if storage_url == default_storage_url(study.study_name) else f" --storage {storage_url}"
+    raise CnnSearchError(f"--study: trial {trial} of {study.study_name!r} has no retrained model in "
+                         f"{default_out_dir(study.study_name, storage_url)}; make one with: cnnsearch retrain "
+                         f"--study {study.study_name}{storage} --trial {trial}", exit_code=RUNTIME)
 
 
 def pick_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
