@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
+from cnnsearch.config.defaults import STARTUP_PRUNING_TRIALS
 from cnnsearch.search.pruning import PRIOR_SPREAD, behind_best, fold_spread
 from tests.conftest import TINY, cli_env
 
@@ -254,15 +255,23 @@ def test_a_trial_clearly_behind_the_best_stops_at_the_end_of_a_fold(runner: CliR
     assert all("behind_best" not in t.user_attrs for t in load("i").get_trials())
 
 
-def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path: Path) -> None:
+def test_a_fold_that_ends_at_chance_stops_the_trial_once_the_study_has_evidence(runner: CliRunner,
+                                                                                 tmp_path: Path) -> None:
     # Noise images with labels drawn independently of them: no model can beat chance on the validation part.
     rng = np.random.default_rng(0)
     npz = tmp_path / "noise.npz"
     np.savez(npz, x=rng.integers(0, 256, (300, 8, 8), dtype=np.uint8), y=rng.integers(0, 3, 300))
-    args = ["run", "-n", "2", "--dataset", f"npz:{npz}", "--folds", "3", "--epochs", "2", "--threads", "1"]
+    args = ["run", "-n", str(STARTUP_PRUNING_TRIALS + 2), "--dataset", f"npz:{npz}", "--folds", "3", "--epochs", "2",
+            "--threads", "1"]
     result = runner.invoke(app, [*args, "--study", "t"])
     assert result.exit_code == 0, result.output
-    for t in load().get_trials():
+    trials = load().get_trials()
+    # While no trial has beaten the floor, a fold at chance says nothing about which configuration is better: the
+    # first trials run their folds out, and give the verdict its evidence.
+    for t in trials[:STARTUP_PRUNING_TRIALS]:
+        assert t.state == optuna.trial.TrialState.COMPLETE and "at_chance" not in t.user_attrs, t.number
+        assert len(t.user_attrs["fold_scores"]) == 3
+    for t in trials[STARTUP_PRUNING_TRIALS:]:
         assert t.state == optuna.trial.TrialState.PRUNED, (t.number, t.state, t.user_attrs.get("fold_scores"))
         assert t.user_attrs["pruned_at"] == {"fold": 0, "epoch": 1}  # the end of the first fold, not later
         chance = t.user_attrs["at_chance"]
@@ -271,14 +280,14 @@ def test_a_fold_that_ends_at_chance_stops_the_trial(runner: CliRunner, tmp_path:
         assert t.user_attrs["fold_scores"] == [chance["accuracy"]]  # the fold it finished keeps its score
     assert "at chance @ fold 0" in runner.invoke(app, ["show", "--study", "t"], env={"COLUMNS": "250"}).stdout
     # --pruner none trains every fold, whatever it scores.
-    assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none"]).exit_code == 0
+    assert runner.invoke(app, [*args, "--study", "n", "--pruner", "none", "-n", "2"]).exit_code == 0
     for t in load("n").get_trials():
         assert t.state == optuna.trial.TrialState.COMPLETE and "at_chance" not in t.user_attrs
         assert len(t.user_attrs["fold_scores"]) == 3
     # With more epochs, the floor is checked from half of the fold on, where the training loss is stuck (as on
     # noise; a rising loss goes on, so that a divergence is recorded as one): 4 epochs stop after the second.
     assert runner.invoke(app, [*args, "--study", "h", "--epochs", "4"]).exit_code == 0
-    for t in load("h").get_trials():
+    for t in load("h").get_trials()[STARTUP_PRUNING_TRIALS:]:
         assert t.state == optuna.trial.TrialState.PRUNED, (t.number, t.state, t.intermediate_values)
         assert t.user_attrs["pruned_at"] == {"fold": 0, "epoch": 1}
         assert t.user_attrs["at_chance"]["epoch"] == 1

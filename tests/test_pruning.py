@@ -106,3 +106,43 @@ def test_the_curve_replay_stops_a_trial_behind_the_best_curve_before_a_fold_end(
     assert first_stop(level, trials, folds=3, epochs=2, val_size=1333, z=2.0) is None
     # A trial that ran before anything had finished has nothing to be compared with.
     assert first_stop(early, trials, folds=3, epochs=2, val_size=1333, z=2.0) is None
+
+
+def test_the_chance_check_waits_until_a_trial_beats_the_floor_or_the_first_trials_ran_out() -> None:
+    """A fold at chance stops its trial only once the study has evidence: some trial beat a fold's floor, or
+    ``STARTUP_PRUNING_TRIALS`` trials ran all their folds at chance. A trial that learns turns the check on for good."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from cnnsearch.config.defaults import STARTUP_PRUNING_TRIALS
+    from cnnsearch.search.pruning import FoldEndPruner
+
+    def pruner() -> FoldEndPruner:
+        return FoldEndPruner(optuna.pruners.NopPruner(), folds=3, epochs=2, floors=[0.4, 0.4, 0.5], sizes=[100] * 3,
+                             n_classes=3)
+
+    def at_chance(study: optuna.Study, state: TrialState, values: dict[int, float]) -> None:
+        study.add_trial(create_trial(state=state, value=0.3 if state == TrialState.COMPLETE else None,
+                                     params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                                     intermediate_values=values))
+
+    study = optuna.create_study(direction="maximize")
+    running = study.ask()
+    running.report(0.3, 0)
+    running.report(0.35, 1)  # the first fold ends at chance
+    frozen = study.get_trials(deepcopy=False)[0]
+    for _ in range(STARTUP_PRUNING_TRIALS - 1):
+        at_chance(study, TrialState.COMPLETE, {0: 0.3, 1: 0.35, 5: 0.45})  # 0.45 is under the last fold's floor
+        assert pruner().judge(study, frozen, 0, 1, 0.35) is None  # no evidence yet: the trial goes on
+    at_chance(study, TrialState.COMPLETE, {0: 0.3})
+    verdict = pruner().judge(study, frozen, 0, 1, 0.35)  # the first trials ran out at chance: the check is on
+    assert verdict is not None and verdict.at_chance == {"fold": 0, "epoch": 1, "accuracy": 0.35, "floor": 0.4}
+
+    learned = optuna.create_study(direction="maximize")
+    trial = learned.ask()
+    trial.report(0.3, 0)
+    trial.report(0.35, 1)
+    judge = pruner()
+    assert judge.judge(learned, learned.get_trials(deepcopy=False)[0], 0, 1, 0.35) is None and not judge.learned
+    at_chance(learned, TrialState.PRUNED, {0: 0.3, 2: 0.41})  # one epoch of fold 1 above its floor of 0.4
+    assert judge.judge(learned, learned.get_trials(deepcopy=False)[0], 0, 1, 0.35) is not None and judge.learned

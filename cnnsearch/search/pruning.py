@@ -68,7 +68,8 @@ class FoldEndPruner(optuna.pruners.BasePruner):
 
     A fold no better than always answering the commonest class (:func:`chance_floor`) will not be rescued by the
     others: such a trial stops at the fold's end, or from :func:`chance_from` on where its training loss is flat
-    (:func:`stuck`; a rising loss may yet diverge, and must be recorded so). And a trial clearly behind the best
+    (:func:`stuck`; a rising loss may yet diverge, and must be recorded so), once the study has shown that its data
+    can be learned (:meth:`chance_check_on`). And a trial clearly behind the best
     finished trial on the same folds (:func:`behind_best`) would need its remaining folds to beat that trial's by
     more than noise: the median pruner lets such trials finish, once most trials are good.
 
@@ -86,6 +87,7 @@ class FoldEndPruner(optuna.pruners.BasePruner):
     behind_margin: float = 2.0
     checks: bool = True
     verdicts: dict[int, Verdict] = field(default_factory=dict)
+    learned: bool = False  # some trial of the study beat a fold's chance floor (:meth:`chance_check_on`)
 
     def prune(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
         if not trial.intermediate_values:
@@ -104,6 +106,19 @@ class FoldEndPruner(optuna.pruners.BasePruner):
             self.verdicts[trial.number] = verdict
         return verdict is not None
 
+    def chance_check_on(self, study: optuna.study.Study) -> bool:
+        """Whether a fold at chance may stop its trial: once some trial of the study beat a fold's chance floor (the
+        data can be learned in this budget, so a trial at chance is behind), or once
+        :data:`~cnnsearch.config.defaults.STARTUP_PRUNING_TRIALS` trials ran all their folds at chance (evidence
+        that nothing will). Before either, a fold at chance tells nothing about which configuration is better, and
+        stopping every trial there would end the study with nothing learned and nothing measured."""
+        if self.learned:
+            return True
+        trials = study.get_trials(deepcopy=False)
+        self.learned = any(value > self.floors[min(step // self.epochs, self.folds - 1)]
+                           for t in trials for step, value in t.intermediate_values.items())
+        return self.learned or sum(t.state == TrialState.COMPLETE for t in trials) >= STARTUP_PRUNING_TRIALS
+
     def judge(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial, fold: int, epoch: int,
               accuracy: float) -> Verdict | None:
         """The fold-end checks alone, after ``epoch`` of ``fold`` scored ``accuracy``."""
@@ -113,7 +128,8 @@ class FoldEndPruner(optuna.pruners.BasePruner):
         loss = trial.user_attrs.get(LOSS_ATTR)
         flat = (isinstance(loss, dict) and loss.get("fold") == fold and loss.get("epoch") == epoch
                 and stuck(float(loss["loss"]), self.n_classes))
-        if (fold_end or (epoch >= chance_from(self.epochs) and flat)) and accuracy <= self.floors[fold]:
+        if ((fold_end or (epoch >= chance_from(self.epochs) and flat)) and accuracy <= self.floors[fold]
+                and self.chance_check_on(study)):
             return Verdict(fold, epoch, at_chance={"fold": fold, "epoch": epoch, "accuracy": accuracy,
                                                    "floor": self.floors[fold]})
         scores = trial.user_attrs.get("fold_scores")
