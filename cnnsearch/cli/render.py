@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -15,6 +15,9 @@ from rich.table import Table
 from cnnsearch.config.settings import fmt_amount
 from cnnsearch.search.events import EpochDone, Event, TrialFinished, TrialStarted
 from cnnsearch.store.rows import TrialRow
+
+if TYPE_CHECKING:
+    from cnnsearch.results.verdict import Finding
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -254,3 +257,14 @@ def probe_table(found: Sequence[Any]) -> Table:
                       f"{p.explode_lr:.3g}" if blew else "not within the sweep", p.explode_kind or "-",
                       str(p.explode_step) if blew else "-", f"{p.cap:.3g}" if blew else "-")
     return table
+
+
+def verdict_lines(findings: Sequence[Finding], width: int | None = None) -> str:
+    """The verdict as a titled list, each finding a paragraph wrapped to ``width`` (the console's by default) with
+    a hanging indent, and no trailing spaces (for files and pipes)."""
+    import textwrap
+
+    width = max(40, width or console.width)
+    texts = [f.text for f in findings] or ["no trial has finished yet"]
+    return "\n".join(["Verdict", *(textwrap.fill(t, width, initial_indent="- ", subsequent_indent="  ")
+                                   for t in texts)])

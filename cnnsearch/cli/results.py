@@ -73,14 +73,23 @@ def show(study: StudyOpt = "digits", storage: StorageOpt = None,
          pareto: Annotated[bool, typer.Option(
              "--pareto", help="Show only the Pareto front: the completed trials that no other trial beats on both "
                               "CV accuracy and --cost, cheapest first.")] = False,
-         cost: CostOpt = Cost.macs) -> None:
+         cost: CostOpt = Cost.macs,
+         verdict: Annotated[bool, typer.Option(
+             "--verdict", help="Print only the verdict: what the trials show and what to change, as at the end of "
+                               "run.")] = False) -> None:
     """Print the trials of a study, best first."""
-    from cnnsearch.cli.render import trials_table
+    from cnnsearch.cli.render import trials_table, verdict_lines
     from cnnsearch.results.pareto import pareto_front
     from cnnsearch.store.rows import sort_rows, trial_rows
     from cnnsearch.store.storage import load_study
 
-    rows = sort_rows(trial_rows(load_study(study, _url(study, storage))))
+    loaded = load_study(study, _url(study, storage))
+    if verdict:
+        from cnnsearch.results.verdict import verdict as findings
+
+        console.print(verdict_lines(findings(loaded)), markup=False, highlight=False, soft_wrap=True)
+        return
+    rows = sort_rows(trial_rows(loaded))
     if pareto:
         front = pareto_front(rows, cost.value)
         console.print(trials_table(front, title=f"Pareto front of {study}: CV accuracy against {cost.value} "

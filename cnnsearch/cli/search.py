@@ -137,6 +137,12 @@ def render_summary(result: SearchResult, settings: RunSettings, command: str = "
         console.print(line, highlight=False)
     for note in result.notes:
         console.print(note, highlight=False)
+    from cnnsearch.cli.render import verdict_lines
+    from cnnsearch.results.verdict import verdict
+    from cnnsearch.store.storage import load_study
+
+    console.print(verdict_lines(verdict(load_study(result.study_name, result.storage_url))), markup=False,
+                  highlight=False, soft_wrap=True)
     storage = f" --storage {settings.storage}" if settings.storage else ""
     console.print(f"Resume:  {resume_command(settings, command)}\n"
                   f"Inspect: cnnsearch show --study {result.study_name}{storage}", highlight=False)

@@ -108,7 +108,7 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         raise storage_failure(run, cause) from None
     share(PARKED)  # done, or past the deadline
     result.rows = trial_rows(study)
-    result.notes = divergence_notes(result.rows) + failure_notes(result.rows) + budget_notes(result.rows, run)
+    result.notes = failure_notes(result.rows) + budget_notes(result.rows, run)  # divergence: the verdict's
     done, _ = finished_count(study)
     if done < run.n_trials and run.timeout is not None:
         result.notes.append(timeout_note(run, done))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnsearch.config.settings import Config, RunSettings
+from cnnsearch.store.record import DATA_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -100,4 +101,7 @@ def arm(config: Config, setup: Setup, worker: int) -> tuple[Dataset, FoldPlan, F
                            sizes=plan.sizes, n_classes=data.n_classes, behind_margin=run.behind_margin,
                            checks=run.pruner != "none")
     study.pruner = pruner
+    if DATA_ATTR not in study.user_attrs:
+        study.set_user_attr(DATA_ATTR, {"images": len(data.y), "classes": data.n_classes, "shape": list(data.shape),
+                                        "fold_sizes": plan.sizes, "floors": plan.floors})
     return data, plan, pruner

@@ -346,14 +346,14 @@ def _run_processes(config: Config, emit: Emit, n: int, first_worker: int, study:
 def _outcome(config: Config, study: optuna.Study, exit_codes: Sequence[int | None], ran: int) -> SearchResult:
     """What the workers left: the study's rows, with a note for each worker that crashed; an error when they
     all stopped short of the target other than at the deadline."""
-    from cnnsearch.search.loop import divergence_notes, failure_notes, timeout_note
+    from cnnsearch.search.loop import budget_notes, failure_notes, timeout_note
     from cnnsearch.store.record import finished_count
     from cnnsearch.store.rows import trial_rows
 
     done, _ = finished_count(study)
     rows = trial_rows(study)
     result = SearchResult(config.run.study, config.run.storage_url, rows, ran, config.run.n_trials,
-                          notes=divergence_notes(rows) + failure_notes(rows))
+                          notes=failure_notes(rows) + budget_notes(rows, config.run))
     crashed = [(i, code) for i, code in enumerate(exit_codes) if code not in (0, None)]
     for i, code in crashed:
         how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else \

@@ -26,6 +26,10 @@ SETTINGS_WAIT = 10.0  # seconds to wait for the process that created a study to 
 RUN_ATTR = "cnnsearch_run"
 """Study user attribute with what ``cnnsearch worker`` needs beyond the fixed settings (target, pruner)."""
 
+DATA_ATTR = "cnnsearch_data"
+"""Study user attribute with what the verdict and the report read about the data: ``images``, ``classes``,
+``shape`` (channels, height, width), each fold's validation ``fold_sizes`` and chance ``floors``."""
+
 
 def finished_count(study: optuna.Study) -> tuple[int, int]:
     """(finished trials that count toward the target, trials running now)."""
