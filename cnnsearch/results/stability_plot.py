@@ -44,7 +44,7 @@ def plot_stability(data: PlotData) -> Figure:
     rows = [r for r in data.rows if "lr" in r.params and "layers" in r.params]
     if not rows:
         raise Skip("no finished trial has both lr and layers")
-    fig = Figure(figsize=(8, 5.6 if data.probe else 5.2), layout="constrained")
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
     ax = fig.add_subplot()
     complete = [r for r in rows if r.status == "COMPLETE" and r.cv_mean is not None]
     if complete:
@@ -63,7 +63,8 @@ def plot_stability(data: PlotData) -> Figure:
             "failed")
     depths = [int(r.params["layers"]) for r in rows] + [p.layers for p in data.probe or []]
     lrs = [float(r.params["lr"]) for r in rows]
-    lrs += draw_probe(ax, data.probe or [], range(min(depths), max(depths) + 1))
+    probe_lrs = draw_probe(ax, data.probe or [], range(min(depths), max(depths) + 1))
+    lrs += probe_lrs
     ax.set_xscale("log")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(min(depths) - 0.6, max(depths) + 0.6)
@@ -71,7 +72,9 @@ def plot_stability(data: PlotData) -> Figure:
     ax.set_xlabel("initial learning rate (log scale)")
     ax.set_ylabel("conv layers")
     ax.set_title("Stability map: learning rate against depth")
-    legend_below(fig, ax)
+    if probe_lrs:  # the probe's labels are long: two columns, and the figure grows a row per two entries
+        fig.set_size_inches(8, 4.6 + 0.22 * math.ceil(len(ax.get_legend_handles_labels()[0]) / 2))
+    legend_below(fig, ax, ncols=2 if probe_lrs else 4)
     return fig
 
 
