@@ -18,6 +18,10 @@ PROBE_SETTINGS = ("dataset", "data_dir", "download", "image_size", "strict", "te
 def probe(
     config_file: Annotated[Path | None, typer.Option(
         "--config", "-c", dir_okay=False, help="Read the data settings and the space from this TOML file.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", dir_okay=False, help="Also draw each range test's smoothed loss against the learning rate into "
+                                       "this PNG file, with the rate where it blew up and the rate of its lowest "
+                                       "loss marked.")] = None,
     **given: Any,
 ) -> None:
     """Find where training blows up: a learning-rate range test per depth, optimizer and batchnorm of the space."""
@@ -25,10 +29,13 @@ def probe(
 
     from cnnsearch.cli.render import probe_table
     from cnnsearch.config.files import load_config
+    from cnnsearch.errors import CnnSearchError
     from cnnsearch.runtime.cores import set_threads
     from cnnsearch.search.setup import dataset_for, probe_space
     from cnnsearch.training.device import resolve_device
 
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise CnnSearchError(f"--plot: {plot} does not end in .png; the plot is a PNG file, e.g. --plot probe.png")
     config = load_config(config_file, settings_given(given), space_given(given))
     if config.run.threads:
         set_threads(config.run.threads)
@@ -37,3 +44,8 @@ def probe(
     console.print(probe_table(found))
     console.print(f"{len(found)} range tests in {time.perf_counter() - started:.1f} s. `cnnsearch run --probe` "
                   "keeps trials below half of each explosion rate.", highlight=False)
+    if plot is not None:
+        from cnnsearch.results.probe_plot import write_probe_plot
+
+        write_probe_plot(found, plot)
+        console.print(f"Wrote {plot}", highlight=False)

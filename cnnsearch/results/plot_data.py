@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cnnsearch.search.probe import stored
 from cnnsearch.store.record import SETTINGS_ATTR
 
 if TYPE_CHECKING:
     import optuna
 
+    from cnnsearch.search.probe import Probed
     from cnnsearch.store.rows import TrialRow
 
 MIN_IMPORTANCE_TRIALS = 5  # trials compared below which importances are noise (PED-ANOVA ranks quantiles)
@@ -30,6 +32,7 @@ class PlotData:
     best: list[TrialRow]  # COMPLETE trials, best CV accuracy first
     last_score: dict[int, float]  # trial number -> its last reported validation accuracy
     study: optuna.Study
+    probe: list[Probed] | None = None  # the learning-rate probe stored with the study (``run --probe``), if any
 
 
 def gather(study: optuna.Study) -> PlotData:
@@ -39,7 +42,7 @@ def gather(study: optuna.Study) -> PlotData:
     rows = [row_of(t) for t in trials]
     last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
     best = best_first(rows)
-    return PlotData(study.study_name, rows, best, last, study)
+    return PlotData(study.study_name, rows, best, last, study, stored(study))
 
 
 def need_complete(data: PlotData, n: int = 1) -> None:

@@ -2,8 +2,9 @@
 
 Seven plots, each a pure function from trials to a :class:`matplotlib.figure.Figure` (no pyplot state, so
 nothing leaks between calls): the optimization history, parameter importances, parallel coordinates of the
-top trials, the stability map (learning rate against depth, diverged trials marked), learning curves, the
-per-fold spread of the best trials, and accuracy against multiply-adds (:mod:`cnnsearch.results.pareto_plot`).
+top trials, the stability map (learning rate against depth, diverged trials marked by kind, the probe's edge:
+:mod:`cnnsearch.results.stability_plot`), learning curves, the per-fold spread of the best trials, and accuracy
+against multiply-adds (:mod:`cnnsearch.results.pareto_plot`).
 A plot that needs completed trials is skipped with a note when there are none, rather than drawn empty.
 """
 
@@ -18,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.results.pareto_plot import plot_pareto
 from cnnsearch.results.plot_data import PlotData, Skip, gather, importances, need_complete
+from cnnsearch.results.plot_style import COLORS, STYLE, legend_below, pct
+from cnnsearch.results.stability_plot import plot_stability
 from cnnsearch.runtime.atomic import atomic_paths
 
 if TYPE_CHECKING:
     import optuna
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from cnnsearch.store.rows import TrialRow
 
 
 PLOTS: tuple[str, ...] = ("history", "importances", "parallel", "stability", "curves", "folds", "pareto")
@@ -41,33 +42,12 @@ TOP_CURVES = 5  # trials whose learning curves are drawn
 TOP_FOLDS = 10  # trials in the fold-spread plot
 
 
-STYLE: Any = {  # matplotlib rcParams; Any because its stubs type the keys as one long Literal
-    "font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.grid": True, "grid.alpha": 0.3,
-    "legend.fontsize": 9, "figure.facecolor": "white",
-}
-
-
-COLORS = {"COMPLETE": "#1f77b4", "best": "#ff7f0e", "PRUNED": "#7f7f7f", "DIVERGED": "#d62728",
-          "FAILED": "#9467bd"}
-
-
 @dataclass
 class PlotResult:
     """What :func:`make_plots` did."""
 
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one line per skipped plot
-
-
-def _pct(v: float | None) -> float:
-    return math.nan if v is None else 100.0 * v
-
-
-def _legend_below(fig: Figure, ax: Axes, ncols: int = 4) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        # Outside the axes, so it never hides a point.
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(handles)), frameon=False)
 
 
 def plot_history(data: PlotData) -> Figure:
@@ -85,18 +65,18 @@ def plot_history(data: PlotData) -> Figure:
     complete = [r for r in data.rows if r.status == "COMPLETE" and r.cv_mean is not None]
     pruned = [r for r in data.rows if r.status == "PRUNED" and r.number in data.last_score]
     if complete:
-        ax.scatter([r.number for r in complete], [_pct(r.cv_mean) for r in complete], s=36,
+        ax.scatter([r.number for r in complete], [pct(r.cv_mean) for r in complete], s=36,
                    color=COLORS["COMPLETE"], label="completed (CV mean)", zorder=3)
         best_x, best_y, best = [], [], -math.inf
         for r in complete:
-            best = max(best, _pct(r.cv_mean))
+            best = max(best, pct(r.cv_mean))
             best_x.append(r.number)
             best_y.append(best)
         best_x.append(max(r.number for r in data.rows))
         best_y.append(best)
         ax.step(best_x, best_y, where="post", color=COLORS["best"], lw=2, label="best so far", zorder=2)
     if pruned:
-        ax.scatter([r.number for r in pruned], [_pct(data.last_score[r.number]) for r in pruned], s=36,
+        ax.scatter([r.number for r in pruned], [pct(data.last_score[r.number]) for r in pruned], s=36,
                    facecolors="none", edgecolors=COLORS["PRUNED"], label="pruned (score when stopped)", zorder=3)
     if not complete and not pruned:
         ax.set_ylim(0, 100)
@@ -179,7 +159,7 @@ def plot_parallel(data: PlotData) -> Figure:
     order = [d.name for d in DIMS]
     dists = frozen[top[0].number].distributions
     names = [p for p in order if all(p in r.params for r in top) and p in dists and not dists[p].single()]
-    accs = [_pct(r.cv_mean) for r in top]
+    accs = [pct(r.cv_mean) for r in top]
     lo, hi = min(accs), max(accs)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
@@ -222,54 +202,6 @@ def _scalar_mappable(norm: Any, cmap: Any) -> Any:
     return ScalarMappable(norm=norm, cmap=cmap)
 
 
-def plot_stability(data: PlotData) -> Figure:
-    """Learning rate (log x) against conv layers (y): CV accuracy as colour, diverged trials as red crosses."""
-    from matplotlib import colormaps
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    rows = [r for r in data.rows if "lr" in r.params and "layers" in r.params]
-    if not rows:
-        raise Skip("no finished trial has both lr and layers")
-
-    def jitter(r: TrialRow) -> float:
-        # Deterministic vertical spread, so trials at the same depth do not hide each other.
-        return float(r.params["layers"]) + 0.28 * (((r.number * 0.618034) % 1.0) - 0.5)
-
-    fig = Figure(figsize=(8, 5.2), layout="constrained")
-    ax = fig.add_subplot()
-    complete = [r for r in rows if r.status == "COMPLETE" and r.cv_mean is not None]
-    if complete:
-        accs = [_pct(r.cv_mean) for r in complete]
-        norm = Normalize(min(accs), max(accs) if max(accs) > min(accs) else min(accs) + 1)
-        sc = ax.scatter([r.params["lr"] for r in complete], [jitter(r) for r in complete], c=accs,
-                        cmap=colormaps["viridis"], norm=norm, s=60, edgecolors="black", linewidths=0.5,
-                        label="completed (colour: CV accuracy)", zorder=3)
-        fig.colorbar(sc, ax=ax, pad=0.01).set_label("CV accuracy (%)")
-    styles: tuple[tuple[str, dict[str, Any], str], ...] = (
-        ("PRUNED", {"marker": "o", "facecolors": "none", "edgecolors": COLORS["PRUNED"], "s": 50},
-         "pruned (stopped early)"),
-        ("DIVERGED", {"marker": "X", "color": COLORS["DIVERGED"], "s": 80}, "diverged"),
-        ("FAILED", {"marker": "s", "color": COLORS["FAILED"], "s": 40}, "failed"),
-    )
-    for status, style, label in styles:
-        these = [r for r in rows if r.status == status]
-        if these:
-            ax.scatter([r.params["lr"] for r in these], [jitter(r) for r in these], label=label, zorder=4, **style)
-    ax.set_xscale("log")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    depths = [int(r.params["layers"]) for r in rows]
-    ax.set_ylim(min(depths) - 0.6, max(depths) + 0.6)
-    lrs = [float(r.params["lr"]) for r in rows]
-    ax.set_xlim(min(lrs) / 1.6, max(lrs) * 1.6)
-    ax.set_xlabel("initial learning rate (log scale)")
-    ax.set_ylabel("conv layers")
-    ax.set_title("Stability map: learning rate against depth")
-    _legend_below(fig, ax)
-    return fig
-
-
 def plot_curves(data: PlotData) -> Figure:
     """Validation accuracy per epoch of the best trials: the mean over folds, the band from min to max."""
     from matplotlib import colormaps
@@ -284,20 +216,20 @@ def plot_curves(data: PlotData) -> Figure:
     ax = fig.add_subplot()
     colors = colormaps["tab10"]
     for i, r in enumerate(top):
-        curves = [[_pct(v) for v in c] for c in r.attrs["curves"]]
+        curves = [[pct(v) for v in c] for c in r.attrs["curves"]]
         epochs = min(len(c) for c in curves)
         xs = list(range(1, epochs + 1))
         per_epoch = [[c[e] for c in curves] for e in range(epochs)]
         mean = [sum(v) / len(v) for v in per_epoch]
         ax.plot(xs, mean, marker="o", ms=4, lw=2, color=colors(i),
-                label=f"trial {r.number}: CV {_pct(r.cv_mean):.2f}%")
+                label=f"trial {r.number}: CV {pct(r.cv_mean):.2f}%")
         ax.fill_between(xs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], color=colors(i), alpha=0.12,
                         lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Learning curves of the best {len(top)} trials (band: range over folds)")
-    _legend_below(fig, ax, ncols=3)
+    legend_below(fig, ax, ncols=3)
     return fig
 
 
@@ -315,10 +247,10 @@ def plot_folds(data: PlotData) -> Figure:
     offsets = [0.0] if n_folds == 1 else [-0.18 + 0.36 * k / (n_folds - 1) for k in range(n_folds)]
     for k in range(n_folds):
         xs = [i + offsets[k] for i, r in enumerate(top) if k < len(r.fold_scores)]
-        ys = [_pct(r.fold_scores[k]) for r in top if k < len(r.fold_scores)]
+        ys = [pct(r.fold_scores[k]) for r in top if k < len(r.fold_scores)]
         ax.scatter(xs, ys, s=36, color=colors(k), edgecolors="white", linewidths=0.6, label=f"fold {k}", zorder=4)
-    means = [_pct(r.cv_mean) for r in top]
-    stds = [_pct(r.cv_std or 0.0) for r in top]
+    means = [pct(r.cv_mean) for r in top]
+    stds = [pct(r.cv_std or 0.0) for r in top]
     # Behind the fold points, so the bar never hides a fold that scored near the mean.
     ax.errorbar(range(len(top)), means, yerr=stds, fmt="_", ms=26, mew=1.5, color="0.35", capsize=5, elinewidth=1,
                 label="mean ± std", zorder=2)
@@ -327,7 +259,7 @@ def plot_folds(data: PlotData) -> Figure:
     ax.set_xlabel("trial (best first)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"Fold spread of the best {len(top)} trials")
-    _legend_below(fig, ax, ncols=n_folds + 1)
+    legend_below(fig, ax, ncols=n_folds + 1)
     return fig
 
 

@@ -7,14 +7,15 @@ first fold's training images, the other parameters at the starting point. With `
 probe found (study attribute :data:`PROBE_ATTR`, so a resume does not probe again and other tools can read it), and
 a trial whose sampled rate is above :data:`~cnnsearch.config.defaults.PROBE_CAP_SHARE` of its combination's
 explosion rate does not train: it is PRUNED with the ``lr_above_cap`` attribute, so TPE learns the edge without
-paying for the trial. See docs/how-it-works.md, "The learning-rate probe".
+paying for the trial. Each combination keeps its smoothed loss curve, thinned and rounded (:func:`compact`), for
+``probe --plot`` and the stability map. See docs/how-it-works.md, "The learning-rate probe".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cnnsearch.config.defaults import PROBE_CAP_SHARE
@@ -36,6 +37,12 @@ DEPTHS = 4
 WIDEN = 10.0
 """The sweep goes this many times above the space's highest rate, to find the edge when it lies outside."""
 
+CURVE_POINTS = 200
+"""Points of a loss curve kept at most (the sweep takes 120 steps); a longer curve is thinned evenly."""
+
+CURVE_DIGITS = 4
+"""Significant digits of each stored rate and loss: a curve of 120 points is about 2 kB in the study."""
+
 
 @dataclass(frozen=True)
 class Probed:
@@ -49,6 +56,8 @@ class Probed:
     explode_step: int | None
     explode_kind: str | None
     seconds: float
+    lrs: list[float] = field(default_factory=list, repr=False)  # each step's rate (none in older studies)
+    losses: list[float] = field(default_factory=list, repr=False)  # the smoothed loss after each step
 
     @property
     def cap(self) -> float:
@@ -61,6 +70,19 @@ def depths(low: int, high: int, n: int = DEPTHS) -> list[int]:
     if high - low + 1 <= n:
         return list(range(low, high + 1))
     return sorted({round(low + (high - low) * k / (n - 1)) for k in range(n)})
+
+
+def compact(lrs: Sequence[float], losses: Sequence[float], *, points: int = CURVE_POINTS,
+            digits: int = CURVE_DIGITS) -> tuple[list[float], list[float]]:
+    """A loss curve small enough to store: at most ``points`` steps, evenly spread and the last kept, each value
+    rounded to ``digits`` significant digits."""
+    n = len(lrs)
+    keep = range(n) if n <= points else sorted({round(k * (n - 1) / (points - 1)) for k in range(points)})
+
+    def short(v: float) -> float:
+        return float(f"{v:.{digits}g}")
+
+    return [short(lrs[i]) for i in keep], [short(losses[i]) for i in keep]
 
 
 def combinations(config: Config) -> list[dict[str, Any]]:
@@ -94,7 +116,8 @@ def probe(config: Config, data: Dataset, x_train: Any, y_train: Any, norm: Any) 
         r = range_test(params, x_train, y_train, n_classes=data.n_classes, lr_low=float(lr.low),
                        lr_high=WIDEN * float(lr.high), explode=config.run.explode, seed=config.run.seed, norm=norm)
         found.append(Probed(combo["layers"], str(combo["optimizer"]), bool(combo["batchnorm"]), r.best_lr,
-                            r.explode_lr, r.explode_step, r.explode_kind, round(r.seconds, 3)))
+                            r.explode_lr, r.explode_step, r.explode_kind, round(r.seconds, 3),
+                            *compact(r.lrs, r.losses)))
     return found
 
 
