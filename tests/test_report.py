@@ -162,11 +162,12 @@ def test_the_retrain_section_has_per_class_accuracy_and_the_confusion_heat_map(r
 
 def test_one_completed_trial_gets_a_report_that_says_what_is_missing(study_db: Path) -> None:
     real = load(study_db)
-    study = optuna.create_study(direction="maximize", study_name="one")
+    study = optuna.create_study(direction="maximize", study_name="one <b>&")  # a name is text, never markup
     study.add_trial(real.trials[0])
     for key, value in real.user_attrs.items():
         study.set_user_attr(key, value)
     text = build_report(study)
+    assert "<b>" not in text and "<title>cnnsearch report: one &lt;b&gt;&amp;</title>" in text
     assert ("None: the smallest trial within noise needs at least 2 completed trials to compare; 1 "
             "completed.") in text
     assert "Not drawn: needs at least 5 completed trials" in text

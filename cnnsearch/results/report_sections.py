@@ -4,7 +4,7 @@ budget, the best trial, the smallest within noise, the trials table and the retr
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +149,7 @@ def costs(row: TrialRow) -> list[tuple[str, str]]:
 
 def describe(row: TrialRow) -> dict[str, Any]:
     """A trial for the best-trial section: its CV score, fold scores, costs and parameters."""
-    names = [d.name for d in DIMS if d.name in row.params] + sorted(set(row.params) - {d.name for d in DIMS})
+    names = param_names([row])
     return {"number": row.number, "cv": fmt_acc(row.cv_mean, row.cv_std),
             "folds": ", ".join(pct(s) for s in row.fold_scores) or "-", "costs": costs(row),
             "params": [(name, fmt_param(row.params[name])) for name in names]}
@@ -179,29 +179,28 @@ def table_header(rows: Sequence[TrialRow]) -> list[str]:
 
 
 def param_names(rows: Sequence[TrialRow]) -> list[str]:
-    return [d.name for d in DIMS if any(d.name in r.params for r in rows)]
+    """The parameters set in any of ``rows``: cnnsearch's in the order of its space, then any others by name."""
+    known = [d.name for d in DIMS]
+    found = {name for r in rows for name in r.params}
+    return [n for n in known if n in found] + sorted(found - set(known))
 
 
 def table_row(row: TrialRow, names: Sequence[str]) -> list[Cell]:
-    def number(value: Any, text: str) -> Cell:
+    def number(value: Any, fmt: Callable[[Any], str]) -> Cell:
         key = number_key(value)
-        return Cell(text, key, "num") if key else Cell("-", "", "num")
+        return Cell(fmt(value), key, "num") if key else Cell("-", "", "num")
 
     a = row.attrs
-    cells = [number(row.number, str(row.number)), Cell(row.status, row.status, row.status),
-             number(row.cv_mean, pct(row.cv_mean)),
-             number(row.cv_std, f"{100 * row.cv_std:.2f}" if row.cv_std is not None else "")]
+    cells = [number(row.number, str), Cell(row.status, row.status, row.status), number(row.cv_mean, pct),
+             number(row.cv_std, lambda v: f"{100 * v:.2f}")]
     for name in names:
         value = row.params.get(name)
         if isinstance(value, int | float):
-            cells.append(number(value, fmt_param(value)))
+            cells.append(number(value, fmt_param))
         else:
             cells.append(Cell("-") if value is None else Cell(str(value), str(value)))
-    cells += [number(a.get("macs"), fmt_amount(float(a.get("macs") or 0))),
-              number(a.get("n_params"), fmt_amount(float(a.get("n_params") or 0))),
-              number(a.get("latency_ms"), f"{a.get('latency_ms') or 0:.2g}"),
-              number(row.duration_s, f"{row.duration_s or 0:.1f}")]
-    return cells
+    return [*cells, number(a.get("macs"), fmt_amount), number(a.get("n_params"), fmt_amount),
+            number(a.get("latency_ms"), lambda v: f"{v:.2g}"), number(row.duration_s, lambda v: f"{v:.1f}")]
 
 
 def retrain(folder: Path | None, study: str, best: int | None) -> Retrain:
