@@ -72,7 +72,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 app.command(cls=PanelCommand)(handle_errors(search.run))
 for command in (search.worker, results.show, results.best, search.init, results.export, results.plot,
-                results.retrain, results.evaluate, results.studies, results.dashboard, model.predict, probe.probe):
+                results.report, results.retrain, results.evaluate, results.studies, results.dashboard, model.predict,
+                probe.probe):
     app.command()(handle_errors(command))
 app.command("export-model")(handle_errors(model.export_model))
 

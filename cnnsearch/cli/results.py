@@ -1,4 +1,4 @@
-"""The commands that read a study back: show, best, export, plot, retrain, evaluate, studies, dashboard.
+"""The commands that read a study back: show, best, export, plot, report, retrain, evaluate, studies, dashboard.
 
 Each opens the store, makes one library call and renders.
 """
@@ -156,6 +156,29 @@ def plot(
         console.print(f"Wrote {path}", highlight=False)
     for note in result.notes:
         err_console.print(f"Note: {note}", markup=False, highlight=False)
+
+
+def report(
+    study: StudyOpt = "digits",
+    storage: StorageOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False,
+                                             help="HTML file to write. Default: studies/STUDY/report.html next to "
+                                                  "the study's SQLite file.")] = None,
+) -> None:
+    """Write the study as one self-contained HTML page: the data and budget, the verdict, the best trial, a
+    sortable trials table, the plots, and the retrain's test results if there is a retrain."""
+    from cnnsearch.results.report import default_report_path, write_report
+    from cnnsearch.results.retrain import default_out_dir
+    from cnnsearch.search.loop import divergence_notes
+    from cnnsearch.store.rows import trial_rows
+    from cnnsearch.store.storage import load_study
+
+    url = _url(study, storage)
+    loaded = load_study(study, url)
+    path = out or default_report_path(study, url)
+    size = write_report(loaded, path, verdict=divergence_notes(trial_rows(loaded)),
+                        retrain_dir=default_out_dir(study, url))
+    console.print(f"Wrote {path} ({size / 1024:.0f} KiB)", highlight=False)
 
 
 @takes([setting_param(name) for name in MACHINE_OPTIONS])

@@ -176,6 +176,40 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def read_metrics(out_dir: Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` a retrain left in ``out_dir``; None when there is none.
+
+    Raises:
+        CnnSearchError: the file is there but cannot be read as a JSON object.
+    """
+    path = out_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return _read_json(path, "the metrics")
+    except CnnSearchError as exc:
+        raise CnnSearchError(exc.message.removeprefix("--model: "), exit_code=RUNTIME) from None
+
+
+def scores_from_metrics(metrics: Mapping[str, Any], path: Path) -> TestScores:
+    """The test scores recorded in a ``metrics.json`` (:meth:`TestScores.to_dict`), checked for shape.
+
+    Raises:
+        CnnSearchError: a key is missing or of the wrong type, naming it and the file.
+    """
+    classes, confusion = metrics.get("classes"), metrics.get("confusion_matrix")
+    accuracy = metrics.get("test_accuracy")
+    if not isinstance(accuracy, int | float) or not _number(accuracy):
+        raise CnnSearchError(f"test_accuracy in {path} is {accuracy!r}, not a number", exit_code=RUNTIME)
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CnnSearchError(f"classes in {path} is not a list of class names", exit_code=RUNTIME)
+    n = len(classes)
+    if (not isinstance(confusion, list) or len(confusion) != n
+            or not all(isinstance(r, list) and len(r) == n and all(_whole(v) for v in r) for r in confusion)):
+        raise CnnSearchError(f"confusion_matrix in {path} is not a {n} x {n} table of counts", exit_code=RUNTIME)
+    return TestScores(float(accuracy), tuple(classes), [list(r) for r in confusion])
+
+
 def _number(v: Any) -> bool:
     import math
 
