@@ -3,6 +3,7 @@ verdict escaped, nothing loaded from outside, and the page working in a real hea
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import tomllib
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from cnnsearch.cli.app import app
 from cnnsearch.results.report import FIGURES, build_report
+from cnnsearch.results.verdict import verdict
 from cnnsearch.store.rows import sort_rows, trial_rows
 from tests.conftest import copy_db
 
@@ -119,7 +121,8 @@ def test_the_report_has_every_section_and_inline_figures(runner: CliRunner, stud
     best = rows[0]
     assert f"Trial <strong>{best.number}</strong>: CV accuracy <strong>{100 * (best.cv_mean or 0):.2f}%" in text
     assert "3 of 3 targeted: 3 complete" in text and "200: 160 searched, 40 held out for the retrain" in text
-    assert "No findings." in text  # no trial diverged
+    budget = next(f for f in verdict(load(in_tmp / "studies" / "t.db")) if f.kind == "budget")
+    assert f"<li>{html.escape(budget.text)}</li>" in text  # the verdict that run and show --verdict print
     assert "No retrain yet: `cnnsearch retrain --study t` writes studies/t/metrics.json." in text
 
 

@@ -169,14 +169,13 @@ def report(
     sortable trials table, the plots, and the retrain's test results if there is a retrain."""
     from cnnsearch.results.report import default_report_path, write_report
     from cnnsearch.results.retrain import default_out_dir
-    from cnnsearch.search.loop import divergence_notes
-    from cnnsearch.store.rows import trial_rows
+    from cnnsearch.results.verdict import verdict
     from cnnsearch.store.storage import load_study
 
     url = _url(study, storage)
     loaded = load_study(study, url)
     path = out or default_report_path(study, url)
-    size = write_report(loaded, path, verdict=divergence_notes(trial_rows(loaded)),
+    size = write_report(loaded, path, verdict=[f.text for f in verdict(loaded)],
                         retrain_dir=default_out_dir(study, url))
     console.print(f"Wrote {path} ({size / 1024:.0f} KiB)", highlight=False)
 
