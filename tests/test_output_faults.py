@@ -61,3 +61,33 @@ def test_a_trial_that_cannot_train_fails_alone(tmp_path: Path) -> None:
     trials = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path}/studies/c.db").trials
     assert len(trials) == 2 and all("Expected more than 1 value per channel" in t.user_attrs["error"] for t in trials)
 
+
+
+def test_a_full_disk_during_run_is_one_line_and_the_study_resumes(tmp_path: Path) -> None:
+    """A file-size limit stands in for a full disk: the study's writes fail mid-run (SQLite says "disk I/O error"
+    there; on a full disk, "database or disk is full", named as a full disk). One line, exit 1, no traceback; what
+    was stored stays, and the same command resumes once space is back."""
+    import resource
+
+    import optuna
+
+    args = ["run", "--study", "f", "--epochs", "1", "--folds", "2", "--max-samples", "200", "--threads", "1",
+            "--workers", "1", "--pruner", "none"]
+    first = cli([*args, "-n", "1"], tmp_path, stdout=subprocess.PIPE)
+    assert first.returncode == 0, first.stderr
+    db = tmp_path / "studies" / "f.db"
+    limit = db.stat().st_size + 8192  # the study file fits; the write-ahead log soon does not
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = cli([*args, "-n", "4"], tmp_path, stdout=subprocess.PIPE, preexec_fn=cap)
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    errors = [line for line in full.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "a write to the study failed (disk I/O error)" in errors[0], full.stderr[-3000:]
+    assert "run the same command again to resume" in errors[0]
+    resumed = cli([*args, "-n", "4"], tmp_path, stdout=subprocess.PIPE)
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name="f", storage=f"sqlite:///{db}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 4
