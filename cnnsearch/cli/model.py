@@ -103,7 +103,7 @@ def predict(
     **given: Any,
 ) -> None:
     """Predict the class of new images with a saved model, read as the study's data was."""
-    from cnnsearch.cli.render import confusion_table
+    from cnnsearch.cli.render import confusion_table, output_width, print_table
     from cnnsearch.results.predict import predict_paths, write_predictions
 
     if threads is not None:
@@ -125,7 +125,7 @@ def predict(
         err_console.print(f"Wrote {n} prediction{'s' * (n != 1)} to {'stdout' if out == '-' else out}",
                           highlight=False, markup=False)
     if out != "-":
-        console.print(predictions_table(result.predictions))
+        print_table(predictions_table(result.predictions))
     report = console if out != "-" else err_console
     rate = n / result.predict_seconds if result.predict_seconds > 0 else float("inf")
     report.print(f"{n} images: decoded in {result.decode_seconds:.2f} s, predicted in "
@@ -134,7 +134,7 @@ def predict(
     if s is not None:
         report.print(f"[bold]Accuracy: {100 * s.accuracy:.2f}%[/] on the {s.n_test} images in class subfolders "
                      "(or with npz labels).")
-        report.print(confusion_table(s.classes, s.confusion))
+        print_table(confusion_table(s.classes, s.confusion, width=output_width(report) or 0), report)
 
 
 @takes(setting_param("data_dir"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -82,39 +84,91 @@ def fmt_cost(value: Any) -> str:
     return "-" if not isinstance(value, int | float) else fmt_amount(value)
 
 
-def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: int | None = None) -> Table:
-    """A table of trials in the given order."""
-    table = Table(title=title, header_style="bold")
-    table.add_column("#", justify="right")
-    table.add_column("status")
-    table.add_column("CV accuracy", justify="right")
-    for key in KEY_PARAMS:
-        table.add_column(key, justify="right")
-    table.add_column("MACs", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("ms/img", justify="right")
-    table.add_column("L2/CE", justify="right")
-    table.add_column("notes")
-    for row in list(rows)[:limit]:
-        notes = []
-        if row.status == "DIVERGED":
-            notes.append(f"{row.attrs.get('diverged_kind')} @ fold {row.attrs.get('diverged_fold')} "
-                         f"epoch {row.attrs.get('diverged_epoch')}")
-        if note := stop_note(row):
-            notes.append(note)
-        if row.l2_dominates:
-            notes.append("L2 dominates")
-        ratio = row.attrs.get("l2_ratio")
-        table.add_row(
-            str(row.number),
-            f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
-            fmt_acc(row.cv_mean, row.cv_std),
-            *(fmt_value(row.params.get(k, "-")) for k in KEY_PARAMS),
-            *(fmt_cost(row.attrs.get(k)) for k in ("macs", "n_params")),
-            "-" if row.attrs.get("latency_ms") is None else f"{row.attrs['latency_ms']:.2g}",
-            "-" if ratio is None else f"{ratio:.2g}",
-            ", ".join(notes),
-        )
+def output_width(con: Console | None = None) -> int | None:
+    """The width that tables must fit: the terminal's (or an explicit ``COLUMNS``); None for a file or a pipe,
+    where a row stays one whole line however long (for ``grep``, ``less -S`` and editors)."""
+    con = con or console
+    return con.width if con.is_terminal or os.environ.get("COLUMNS") else None
+
+
+def natural_width(renderable: Any, con: Console | None = None) -> int:
+    """How wide ``renderable`` is with nothing wrapped."""
+    con = con or console
+    return con.measure(renderable, options=con.options.update_width(100_000)).maximum
+
+
+def print_table(renderable: Any, con: Console | None = None) -> None:
+    """Print a table at its natural width where nothing limits it (a file or a pipe), else as Rich fits it."""
+    con = con or console
+    if output_width(con) is not None:
+        con.print(renderable)
+        return
+    old = con.width
+    con.width = max(old, natural_width(renderable, con))
+    try:
+        con.print(renderable)
+    finally:
+        con.width = old
+
+
+TRIAL_COLUMNS = ("#", "status", "CV accuracy", "lr", "layers", "MACs", "width", "optimizer", "head", "batchnorm",
+                 "batch_size", "params", "ms/img", "L2/CE")
+"""The columns of the trials table by priority: at a narrow width the last ones are left out first. The notes
+(why a trial stopped) come last and take what width is left, cut short with an ellipsis."""
+ORDER = ("#", "status", "CV accuracy", *KEY_PARAMS, "MACs", "params", "ms/img", "L2/CE", "notes")
+KEEP = 4  # the columns never left out: number, status, CV accuracy, lr
+NOTES_ROOM = 28  # the notes width that columns are left out for ("at chance @ fold 0 epoch 1" is 26)
+
+
+def trial_cells(row: TrialRow) -> dict[str, str]:
+    """Each column's cell for one trial."""
+    notes = []
+    if row.status == "DIVERGED":
+        notes.append(f"{row.attrs.get('diverged_kind')} @ fold {row.attrs.get('diverged_fold')} "
+                     f"epoch {row.attrs.get('diverged_epoch')}")
+    if note := stop_note(row):
+        notes.append(note)
+    if row.l2_dominates:
+        notes.append("L2 dominates")
+    ratio = row.attrs.get("l2_ratio")
+    latency = row.attrs.get("latency_ms")
+    return {"#": str(row.number), "status": f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
+            "CV accuracy": fmt_acc(row.cv_mean, row.cv_std),
+            **{k: fmt_value(row.params.get(k, "-")) for k in KEY_PARAMS},
+            "MACs": fmt_cost(row.attrs.get("macs")), "params": fmt_cost(row.attrs.get("n_params")),
+            "ms/img": "-" if latency is None else f"{latency:.2g}", "L2/CE": "-" if ratio is None else f"{ratio:.2g}",
+            "notes": escape(", ".join(notes))}
+
+
+def trials_table(rows: Sequence[TrialRow], *, title: str | None = None, limit: int | None = None,
+                 width: int | None = None) -> Table:
+    """A table of trials in the given order, one line per trial.
+
+    The columns of lowest priority (:data:`TRIAL_COLUMNS`) are left out until the table fits ``width`` (by default
+    :func:`output_width`; 0 for no limit), and the caption names them; a cell is never wrapped.
+    """
+    fit = output_width() if width is None else (width or None)
+    cells = [trial_cells(row) for row in list(rows)[:limit]]
+
+    def build(shown: Sequence[str], notes_width: int | None = None) -> Table:
+        table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for name in (c for c in ORDER if c in shown):
+            table.add_column(name, justify="left" if name in ("status", "notes") else "right", no_wrap=True,
+                             overflow="ellipsis", max_width=notes_width if name == "notes" else None)
+        for row in cells:
+            table.add_row(*(row[c] for c in ORDER if c in shown))
+        return table
+
+    shown = list(TRIAL_COLUMNS)
+    if fit is None:
+        return build([*shown, "notes"])
+    room = max(len("notes"), min(NOTES_ROOM, max((len(row["notes"]) for row in cells), default=0))) + 2
+    while len(shown) > KEEP and natural_width(build(shown)) + room > fit:
+        shown.pop()
+    table = build([*shown, "notes"], notes_width=max(len("notes"), fit - natural_width(build(shown)) - 2))
+    hidden = [c for c in TRIAL_COLUMNS if c not in shown]
+    if hidden:
+        table.caption = f"not shown at {fit} columns: {', '.join(hidden)} (a wider terminal, or cnnsearch export)"
     return table
 
 
@@ -197,12 +251,15 @@ def per_class_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], 
 
 
 def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,
-                    title: str = "Confusion matrix (rows: true class, columns: predicted)") -> Table:
-    """The confusion matrix; correct counts in green on the diagonal, mistakes in red."""
-    table = Table(title=title, header_style="bold")
-    table.add_column("true \\ pred", style="bold")
+                    title: str = "Confusion matrix (rows: true class, columns: predicted)",
+                    width: int | None = None) -> Table:
+    """The confusion matrix, without box lines; correct counts in green on the diagonal, mistakes in red, zeros as
+    dots. Where it is wider than ``width`` (by default :func:`output_width`; 0 for no limit), the commonest
+    mistakes instead (:func:`mistakes_table`)."""
+    table = Table(title=title, header_style="bold", box=None, pad_edge=False)
+    table.add_column("true \\ pred", style="bold", no_wrap=True)
     for name in classes:
-        table.add_column(escape(name), justify="right")
+        table.add_column(escape(name), justify="right", no_wrap=True)
     for k, (name, row) in enumerate(zip(classes, confusion, strict=True)):
         cells = []
         for j, v in enumerate(row):
@@ -213,6 +270,26 @@ def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], 
             else:
                 cells.append("[dim]·[/]")
         table.add_row(escape(name), *cells)
+    fit = output_width() if width is None else (width or None)
+    if fit is not None and natural_width(table) > fit:
+        return mistakes_table(classes, confusion, note=f"the {len(classes)}-class matrix is wider than {fit} columns")
+    return table
+
+
+def mistakes_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *, top: int = 15,
+                   note: str = "") -> Table:
+    """The ``top`` commonest mistakes of a confusion matrix: true class, predicted class, count and the share of the
+    true class's images."""
+    wrong = sorted(((v, k, j) for k, row in enumerate(confusion) for j, v in enumerate(row) if j != k and v),
+                   reverse=True)
+    table = Table(title=f"Commonest mistakes ({min(top, len(wrong))} of {len(wrong)} kinds)", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("true", "predicted", "images", "of the class"):
+        table.add_column(name, justify="left" if name in ("true", "predicted") else "right", no_wrap=True)
+    for v, k, j in wrong[:top]:
+        n = sum(confusion[k])
+        table.add_row(escape(classes[k]), escape(classes[j]), str(v), fmt_pct(v / n if n else None))
+    table.caption = f"{note}: a wider terminal shows it" if note else None
     return table
 
 

@@ -78,7 +78,7 @@ def show(study: StudyOpt = "digits", storage: StorageOpt = None,
              "--verdict", help="Print only the verdict: what the trials show and what to change, as at the end of "
                                "run.")] = False) -> None:
     """Print the trials of a study, best first."""
-    from cnnsearch.cli.render import trials_table, verdict_lines
+    from cnnsearch.cli.render import print_table, trials_table, verdict_lines
     from cnnsearch.results.pareto import pareto_front
     from cnnsearch.store.rows import sort_rows, trial_rows
     from cnnsearch.store.storage import load_study
@@ -92,10 +92,10 @@ def show(study: StudyOpt = "digits", storage: StorageOpt = None,
     rows = sort_rows(trial_rows(loaded))
     if pareto:
         front = pareto_front(rows, cost.value)
-        console.print(trials_table(front, title=f"Pareto front of {study}: CV accuracy against {cost.value} "
+        print_table(trials_table(front, title=f"Pareto front of {study}: CV accuracy against {cost.value} "
                                                 f"({len(front)} of {len(rows)} trials)", limit=limit))
         return
-    console.print(trials_table(rows, title=f"Trials of {study} ({len(rows)})", limit=limit))
+    print_table(trials_table(rows, title=f"Trials of {study} ({len(rows)})", limit=limit))
 
 
 def best(study: StudyOpt = "digits", storage: StorageOpt = None,
@@ -198,7 +198,7 @@ def retrain(
     **given: Any,
 ) -> None:
     """Train the best configuration on the whole search split and score it once on the held-out test split."""
-    from cnnsearch.cli.render import confusion_table, fmt_acc, per_class_table
+    from cnnsearch.cli.render import confusion_table, fmt_acc, per_class_table, print_table
     from cnnsearch.results.retrain import out_dir_for
     from cnnsearch.results.retrain import retrain as run_retrain
     from cnnsearch.results.saved import CONFIG_FILE, METRICS_FILE, MODEL_FILE
@@ -223,8 +223,8 @@ def retrain(
                       f"kept the median, seed {spread.kept_seed}.", highlight=False)
     console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images the search never "
                   "saw.")
-    console.print(per_class_table(s.classes, s.confusion))
-    console.print(confusion_table(s.classes, s.confusion))
+    print_table(per_class_table(s.classes, s.confusion))
+    print_table(confusion_table(s.classes, s.confusion))
     console.print(f"Saved {result.out_dir / MODEL_FILE}, {CONFIG_FILE} and {METRICS_FILE}\n"
                   f"Re-score: cnnsearch evaluate --model {result.out_dir / MODEL_FILE}\n"
                   f"Predict:  cnnsearch predict --model {result.out_dir / MODEL_FILE} IMAGES...\n"
@@ -240,7 +240,7 @@ def evaluate(
     **given: Any,
 ) -> None:
     """Re-score a saved model on the held-out test split of its study's data."""
-    from cnnsearch.cli.render import confusion_table, per_class_table
+    from cnnsearch.cli.render import confusion_table, per_class_table, print_table
     from cnnsearch.results.saved import evaluate_saved
 
     _threads(threads)
@@ -248,8 +248,8 @@ def evaluate(
     s = result.scores
     console.print(f"[bold]Test accuracy: {100 * s.accuracy:.2f}%[/] on {s.n_test} held-out images "
                   f"(study {result.study}, trial {result.trial}).")
-    console.print(per_class_table(s.classes, s.confusion))
-    console.print(confusion_table(s.classes, s.confusion))
+    print_table(per_class_table(s.classes, s.confusion))
+    print_table(confusion_table(s.classes, s.confusion))
     for note in result.notes:
         err_console.print(f"Warning: {note}", markup=False, highlight=False)
     if result.saved_accuracy is not None:

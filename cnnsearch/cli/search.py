@@ -118,7 +118,7 @@ def resume_command(settings: RunSettings, command: str = "run") -> str:
 
 
 def render_summary(result: SearchResult, settings: RunSettings, command: str = "run") -> None:
-    from cnnsearch.cli.render import config_table, trials_table
+    from cnnsearch.cli.render import config_table, print_table, trials_table
     from cnnsearch.results.pareto import pick_summary
     from cnnsearch.store.rows import best_row, sort_rows
 
@@ -126,7 +126,7 @@ def render_summary(result: SearchResult, settings: RunSettings, command: str = "
     if result.already_done:
         console.print(f"Study {result.study_name!r} already has {settings.n_trials} finished trials; "
                       f"raise --n-trials to run more.")
-    console.print(trials_table(rows, title=f"Best trials of {result.study_name}", limit=10))
+    print_table(trials_table(rows, title=f"Best trials of {result.study_name}", limit=10))
     best = best_row(rows)
     if best is not None:
         console.print(config_table(best.params, title=f"Best configuration (trial {best.number}, "

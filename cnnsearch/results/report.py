@@ -18,8 +18,10 @@ from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.results import report_sections as sections
 from cnnsearch.results.pareto_plot import plot_pareto
 from cnnsearch.results.plot_data import PlotData, Skip, gather
-from cnnsearch.results.plots import STYLE, plot_curves, plot_folds, plot_history, plot_importances, plot_stability
+from cnnsearch.results.plot_style import STYLE
+from cnnsearch.results.plots import plot_curves, plot_folds, plot_history, plot_importances
 from cnnsearch.results.retrain import default_out_dir
+from cnnsearch.results.stability_plot import plot_stability
 from cnnsearch.runtime.atomic import write_bytes
 from cnnsearch.store.rows import sort_rows, trial_rows
 

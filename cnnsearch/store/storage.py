@@ -317,12 +317,14 @@ def open_storage(url: str, *, create: bool = False, heartbeat: bool = False) -> 
             raise CnnSearchError(f"--storage: cannot open {url}: {first}", exit_code=RUNTIME) from None
     if path is not None:
         _serialise_sqlite_transactions(storage.engine)
-    _opened.add(storage)
+    _opened.add(storage.engine)
     return storage
 
 
-_opened: weakref.WeakSet[optuna.storages.RDBStorage] = weakref.WeakSet()
-"""The storages :func:`open_storage` opened in this process that are still alive."""
+_opened: weakref.WeakSet[Any] = weakref.WeakSet()
+"""The engines of the storages :func:`open_storage` opened in this process that are still alive. The engines, not
+the storages: a storage freed by reference counting can leave its engine, and its open connections, in a cycle
+that only a garbage collection would close."""
 
 
 def close_storages() -> None:
@@ -332,8 +334,8 @@ def close_storages() -> None:
     that ``studies/<study>.db`` alone holds the whole study. The CLI calls this before it skips the interpreter's
     last garbage collections (:func:`cnnsearch.cli.app.main`), which would otherwise have closed them.
     """
-    for storage in list(_opened):
-        storage.engine.dispose()
+    for engine in list(_opened):
+        engine.dispose()
 
 
 def _serialise_sqlite_transactions(engine: Any) -> None:
