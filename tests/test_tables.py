@@ -15,6 +15,7 @@ import termios
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -78,16 +79,30 @@ def test_show_fits_an_80_column_terminal_and_names_what_it_left_out(tmp_path: Pa
     assert "not shown at 80 columns:" in " ".join(caption) and "L2/CE" in caption
 
 
-def test_in_a_pipe_every_column_and_every_row_is_one_whole_line(tmp_path: Path) -> None:
+def test_at_200_columns_every_column_shows(tmp_path: Path) -> None:
+    (tmp_path / "studies").mkdir()
+    many_trials(tmp_path / "studies" / "w.db")
+    lines = in_terminal(["show", "--study", "w"], tmp_path, columns=200).splitlines()
+    assert all(len(line) <= 200 for line in lines) and not any("not shown" in line for line in lines)
+    header = next(line for line in lines if line.lstrip().startswith("#")).split()
+    assert {"MACs", "params", "ms/img", "L2/CE", "notes", "optimizer", "batch_size"} <= set(header)
+
+
+@pytest.mark.parametrize("into", ["pipe", "file"])
+def test_in_a_pipe_or_a_file_every_column_and_every_row_is_one_whole_line(tmp_path: Path, into: str) -> None:
     (tmp_path / "studies").mkdir()
     many_trials(tmp_path / "studies" / "w.db")
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    done = subprocess.run([sys.executable, "-m", "cnnsearch", "show", "--study", "w"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    out = tmp_path / "show.txt"
+    with out.open("w") as file:
+        done = subprocess.run([sys.executable, "-m", "cnnsearch", "show", "--study", "w"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE if into == "pipe" else file, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    text = done.stdout if into == "pipe" else out.read_text(encoding="utf-8")
+    lines = text.splitlines()
     rows = [line for line in lines if re.match(r"^\s*\d+\s+(COMPLETE|PRUNED)\s", line)]
-    assert len(rows) == 12 and "…" not in done.stdout and "not shown" not in done.stdout
+    assert len(rows) == 12 and "…" not in text and "not shown" not in text
     header = next(line for line in lines if line.lstrip().startswith("#")).split()
     assert {"MACs", "params", "ms/img", "L2/CE", "notes", "optimizer"} <= set(header)
     assert all(r.split()[-1] == "4" for r in rows if "PRUNED" in r)  # "... at chance @ fold 0 epoch 4"
@@ -108,17 +123,24 @@ def test_the_table_leaves_out_the_last_columns_first() -> None:
         assert names[:4] == ["#", "status", "CV accuracy", "lr"] and names[-1] == "notes"
 
 
-def test_a_26_class_confusion_matrix_is_a_list_of_mistakes_where_it_does_not_fit() -> None:
+def test_a_26_class_confusion_matrix_is_a_list_of_mistakes_even_at_200_columns() -> None:
     classes = [chr(ord("a") + k) for k in range(26)]
     confusion = [[120 if j == k else (7 if (k, j) == (14, 16) else (k + j) % 3) for j in range(26)]
                  for k in range(26)]
-    wide = confusion_table(classes, confusion, width=0)
-    assert len(wide.columns) == 27 and wide.box is None  # the matrix, without box lines, where there is room
-    narrow = confusion_table(classes, confusion, width=80)
+    twelve = [[9 if j == k else int(j == k + 1) for j in range(12)] for k in range(12)]
+    wide = confusion_table(classes[:12], twelve, width=0)
+    assert len(wide.columns) == 13 and wide.box is None  # the matrix, without box lines, where there is room
+    narrow = confusion_table(classes[:12], twelve, width=30)
+    assert str(narrow.caption) == ("the 12-class matrix is wider than 30 columns; the whole matrix is in metrics.json "
+                                   "and cnnsearch report")
+    assert len(confusion_table(classes[:12], twelve, width=200).columns) == 13
+    narrow = confusion_table(classes, confusion, width=200)
     assert [str(c.header) for c in narrow.columns] == ["true", "predicted", "images", "of the class"]
     assert natural_width(narrow) <= 80
+    assert narrow.title == "Commonest mistakes (15 of 435 kinds)"
     cells = [list(c.cells) for c in narrow.columns]
     assert [cells[0][0], cells[1][0], cells[2][0]] == ["o", "q", "7"]  # the commonest mistake first
-    assert str(narrow.caption) == "the 26-class matrix is wider than 80 columns: a wider terminal shows it"
+    assert str(narrow.caption) == ("26 classes are too many to read as a matrix; the whole matrix is in metrics.json "
+                                   "and cnnsearch report")
     small = confusion_table(["0", "1"], [[5, 1], [0, 6]], width=80)
     assert len(small.columns) == 3  # a small matrix fits, and stays a matrix

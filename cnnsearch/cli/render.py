@@ -250,12 +250,17 @@ def per_class_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], 
     return table
 
 
+MATRIX_CLASSES = 12
+"""The most classes a confusion matrix is printed for: beyond, the eye cannot find the mistakes in the grid, and the
+commonest mistakes are printed instead (the whole matrix is in metrics.json and in cnnsearch report)."""
+
+
 def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,
                     title: str = "Confusion matrix (rows: true class, columns: predicted)",
                     width: int | None = None) -> Table:
     """The confusion matrix, without box lines; correct counts in green on the diagonal, mistakes in red, zeros as
-    dots. Where it is wider than ``width`` (by default :func:`output_width`; 0 for no limit), the commonest
-    mistakes instead (:func:`mistakes_table`)."""
+    dots. For more than :data:`MATRIX_CLASSES` classes, or where it is wider than ``width`` (by default
+    :func:`output_width`; 0 for no limit), the commonest mistakes instead (:func:`mistakes_table`)."""
     table = Table(title=title, header_style="bold", box=None, pad_edge=False)
     table.add_column("true \\ pred", style="bold", no_wrap=True)
     for name in classes:
@@ -270,6 +275,8 @@ def confusion_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], 
             else:
                 cells.append("[dim]·[/]")
         table.add_row(escape(name), *cells)
+    if len(classes) > MATRIX_CLASSES:
+        return mistakes_table(classes, confusion, note=f"{len(classes)} classes are too many to read as a matrix")
     fit = output_width() if width is None else (width or None)
     if fit is not None and natural_width(table) > fit:
         return mistakes_table(classes, confusion, note=f"the {len(classes)}-class matrix is wider than {fit} columns")
@@ -289,7 +296,7 @@ def mistakes_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *
     for v, k, j in wrong[:top]:
         n = sum(confusion[k])
         table.add_row(escape(classes[k]), escape(classes[j]), str(v), fmt_pct(v / n if n else None))
-    table.caption = f"{note}: a wider terminal shows it" if note else None
+    table.caption = f"{note}; the whole matrix is in metrics.json and cnnsearch report" if note else None
     return table
 
 
