@@ -1,5 +1,6 @@
 """The chance check that waits for evidence, against the one that stopped every trial at chance: the default search
-on digits, on MNIST-10k (a time budget) and on the slow-learning rendered letters (bench/letters.py), per seed,
+on digits, on MNIST-10k (a time budget) and on the slow-learning rendered letters (bench/letters.py, hard and
+medium), per seed,
 this checkout against another, alternating.
 
     git worktree add /tmp/before d184880^      # the commit before the change
@@ -39,10 +40,12 @@ def main() -> None:
     parser.add_argument("--against", type=Path, required=True, help="the checkout with the old chance check")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--mnist-timeout", type=float, default=300, help="seconds per MNIST-10k run; 0 skips it")
-    parser.add_argument("--only", nargs="+", default=["letters", "digits", "mnist"])
+    parser.add_argument("--only", nargs="+", default=["letters", "letters-medium", "digits", "mnist"])
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        sets = {"letters": ["--dataset", f"npz:{write_npz(Path(tmp) / 'letters.npz')}"], "digits": []}
+        sets = {"letters": ["--dataset", f"npz:{write_npz(Path(tmp) / 'letters.npz')}"],
+                "letters-medium": ["--dataset", f"npz:{write_npz(Path(tmp) / 'medium.npz', level='medium')}"],
+                "digits": []}
         if ns.mnist_timeout:
             sets["mnist"] = ["--dataset", f"npz:{mnist_npz(Path(tmp) / 'mnist.npz')}", "--timeout",
                              f"{ns.mnist_timeout:g}", "--n-trials", "1000"]
