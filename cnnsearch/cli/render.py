@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cnnsearch.config.settings import fmt_amount
+from cnnsearch.results.text import fmt_acc, fmt_pct, fmt_value
 from cnnsearch.search.events import EpochDone, Event, TrialFinished, TrialStarted
 from cnnsearch.store.rows import TrialRow
 
@@ -30,20 +31,6 @@ STATUS_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "DIVERGED": "red", "FAI
 
 
 KEY_PARAMS = ("lr", "layers", "width", "optimizer", "batch_size", "batchnorm", "head")
-
-
-def fmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def fmt_acc(mean: float | None, std: float | None = None) -> str:
-    if mean is None:
-        return "-"
-    return f"{100 * mean:.2f}%" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def stop_note(row: TrialRow) -> str:
@@ -228,10 +215,6 @@ class SearchProgress:
             self.trials.advance(self.trial_task)
             if event.best is not None:
                 self.trials.update(self.trial_task, description=f"best {100 * event.best:.2f}%")
-
-
-def fmt_pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def per_class_table(classes: Sequence[str], confusion: Sequence[Sequence[int]], *,

@@ -198,10 +198,11 @@ def retrain(
     **given: Any,
 ) -> None:
     """Train the best configuration on the whole search split and score it once on the held-out test split."""
-    from cnnsearch.cli.render import confusion_table, fmt_acc, per_class_table, print_table
+    from cnnsearch.cli.render import confusion_table, per_class_table, print_table
     from cnnsearch.results.retrain import out_dir_for
     from cnnsearch.results.retrain import retrain as run_retrain
     from cnnsearch.results.saved import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+    from cnnsearch.results.text import fmt_acc
     from cnnsearch.store.storage import load_study
 
     url = _url(study, storage)

@@ -14,6 +14,7 @@ from cnnsearch.config.space import DIMS
 from cnnsearch.errors import CnnSearchError
 from cnnsearch.results.pareto import cost_of, fmt_cost, smallest_within_noise
 from cnnsearch.results.saved import METRICS_FILE, read_metrics, scores_from_metrics
+from cnnsearch.results.text import fmt_acc, fmt_pct, fmt_seconds, fmt_value
 from cnnsearch.store.record import RUN_ATTR, SETTINGS_ATTR
 from cnnsearch.store.rows import TrialRow, best_first
 
@@ -53,31 +54,6 @@ class Retrain:
     per_class: list[tuple[str, str, int]] = field(default_factory=list)  # class, accuracy, test images
     classes: list[str] = field(default_factory=list)
     confusion: list[list[Heat]] = field(default_factory=list)  # [true][predicted]
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def fmt_acc(mean: float | None, std: float | None = None) -> str:
-    return pct(mean) + (f" ± {100 * std:.2f}" if mean is not None and std is not None else "")
-
-
-def fmt_param(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def fmt_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s"
-    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def number_key(value: Any) -> str:
@@ -151,8 +127,8 @@ def describe(row: TrialRow) -> dict[str, Any]:
     """A trial for the best-trial section: its CV score, fold scores, costs and parameters."""
     names = param_names([row])
     return {"number": row.number, "cv": fmt_acc(row.cv_mean, row.cv_std),
-            "folds": ", ".join(pct(s) for s in row.fold_scores) or "-", "costs": costs(row),
-            "params": [(name, fmt_param(row.params[name])) for name in names]}
+            "folds": ", ".join(fmt_pct(s) for s in row.fold_scores) or "-", "costs": costs(row),
+            "params": [(name, fmt_value(row.params[name])) for name in names]}
 
 
 def best_trial(rows: Sequence[TrialRow]) -> dict[str, Any] | None:
@@ -191,12 +167,12 @@ def table_row(row: TrialRow, names: Sequence[str]) -> list[Cell]:
         return Cell(fmt(value), key, "num") if key else Cell("-", "", "num")
 
     a = row.attrs
-    cells = [number(row.number, str), Cell(row.status, row.status, row.status), number(row.cv_mean, pct),
+    cells = [number(row.number, str), Cell(row.status, row.status, row.status), number(row.cv_mean, fmt_pct),
              number(row.cv_std, lambda v: f"{100 * v:.2f}")]
     for name in names:
         value = row.params.get(name)
         if isinstance(value, int | float):
-            cells.append(number(value, fmt_param))
+            cells.append(number(value, fmt_value))
         else:
             cells.append(Cell("-") if value is None else Cell(str(value), str(value)))
     return [*cells, number(a.get("macs"), fmt_amount), number(a.get("n_params"), fmt_amount),
@@ -218,8 +194,8 @@ def retrain(folder: Path | None, study: str, best: int | None) -> Retrain:
     except CnnSearchError as exc:
         return Retrain(note=f"{exc.message}.")
     facts = retrain_facts(metrics, best)
-    facts.insert(0, ("test accuracy", f"{pct(scores.accuracy)} on {scores.n_test} held-out images"))
-    per_class = [(name, pct(acc), n) for name, acc, n in zip(scores.classes, scores.per_class, scores.support,
+    facts.insert(0, ("test accuracy", f"{fmt_pct(scores.accuracy)} on {scores.n_test} held-out images"))
+    per_class = [(name, fmt_pct(acc), n) for name, acc, n in zip(scores.classes, scores.per_class, scores.support,
                                                                strict=True)]
     return Retrain(facts=facts, per_class=per_class, classes=list(scores.classes),
                    confusion=heat_rows(scores.confusion))
@@ -234,7 +210,8 @@ def retrain_facts(metrics: dict[str, Any], best: int | None) -> list[tuple[str, 
         facts.append(("its CV accuracy", fmt_acc(metrics["cv_mean"], metrics.get("cv_std"))))
     seeds = metrics.get("seed_scores")
     if isinstance(seeds, list) and len(seeds) > 1:
-        each = ", ".join(f"seed {s.get('seed')}: {pct(s.get('test_accuracy'))}" for s in seeds if isinstance(s, dict))
+        each = ", ".join(f"seed {s.get('seed')}: {fmt_pct(s.get('test_accuracy'))}" for s in seeds
+                         if isinstance(s, dict))
         facts.append(("over seeds", f"{fmt_acc(metrics.get('test_accuracy_mean'), metrics.get('test_accuracy_std'))}"
                                     f" ({each}); kept seed {metrics.get('kept_seed')}, the median"))
     epochs = metrics.get("epochs")

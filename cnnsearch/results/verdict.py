@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cnnsearch.results.text import fmt_seconds
 from cnnsearch.store.record import DATA_ATTR, SETTINGS_ATTR
 from cnnsearch.store.rows import TrialRow, best_first, row_of
 
@@ -68,15 +69,6 @@ def verdict(study: optuna.Study) -> list[Finding]:
 
 def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
-
-
-def fmt_seconds(seconds: float) -> str:
-    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 def nothing_learned(facts: Facts) -> Finding | None:
