@@ -27,8 +27,9 @@ RUN = ["run", "--study", "t", "-n", "3", "--epochs", "2", "--folds", "2", "--max
        "--threads", "1"]
 """Three trials on digits that all complete (no pruner), in about ten seconds."""
 
-SECTIONS = ("budget", "verdict", "best", "trials", "history", "stability", "pareto", "importances", "folds", "curves",
-            "retrain")
+SECTIONS = ("budget", "verdict", "best", "trials", "history", "stability", "pareto", "advice", "importances", "folds",
+            "curves", "retrain")
+"""Every section of the report, in the order of the page."""
 
 
 class Page(HTMLParser):
@@ -124,6 +125,9 @@ def test_the_report_has_every_section_and_inline_figures(runner: CliRunner, stud
     budget = next(f for f in verdict(load(in_tmp / "studies" / "t.db")) if f.kind == "budget")
     assert f"<li>{html.escape(budget.text)}</li>" in text  # the verdict that run and show --verdict print
     assert "No retrain yet: `cnnsearch retrain --study t` writes studies/t/metrics.json." in text
+    depth = page.tables["evidence-depth"]  # the usual advice, read from the same three trials
+    assert depth[0] == ["conv layers", "completed", "mean CV", "best CV"] and sum(int(r[1]) for r in depth[1:]) == 3
+    assert text.count('<li class="reading few">Too few trials to say: ') >= 3  # 3 trials: groups of 3 are rare
 
 
 def test_the_report_loads_nothing_from_outside(retrained: Path) -> None:
