@@ -12,9 +12,11 @@ rule for "too few trials to say", from what a standard error needs:
 2. The difference of the groups must exceed its standard error, ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` with ``s``
    the standard deviation of the CV accuracies in each group (a difference of two gaps, as in "dropout helps more
    without batchnorm", sums the four terms). For divergence rates ``s^2 / n`` is ``p (1 - p) / (n + 2)`` with
-   ``p = (diverged + 1) / (trained + 2)`` (Agresti and Caffo), so that 0 diverged of 3 is not a certainty. Within
-   one standard error the reading says "within noise": the trials cannot tell the groups apart.
-3. A dimension with one value in every trial (the space fixed it) has nothing to compare, and says so.
+   ``p = (diverged + 1) / (trained + 2)`` (Agresti and Caffo), so that 0 diverged of 3 is not a certainty; the
+   depth reading combines learning-rate decades with Mantel-Haenszel weights. Within one standard error the
+   reading says "within noise": the trials cannot tell the groups apart.
+3. A dimension with one value in every trial has nothing to compare, and says so: "the space fixed head = gap"
+   when the study's stored space fixed it, "every trial so far has head = gap" when the sampler never varied it.
 
 One standard error is a loose bar, the one of the smallest within noise (docs/how-it-works.md): it says which way
 this study's trials lean, not that the advice holds. The trials of a group differ in every other parameter as well,
