@@ -126,6 +126,11 @@ def depth_label(band: int) -> str:
     return f"{DEPTH_BAND * band + 1}-{DEPTH_BAND * band + DEPTH_BAND} layers"
 
 
+def depth_band(row: TrialRow) -> int:
+    """The depth band of ``row``: 0 for 1 to :data:`DEPTH_BAND` conv layers, 1 for the next, and so on."""
+    return (int(row.params["layers"]) - 1) // DEPTH_BAND
+
+
 def rate(rows: Sequence[TrialRow]) -> tuple[int, int]:
     """(diverged, trained) of ``rows``."""
     return sum(r.status == "DIVERGED" for r in rows), len(rows)
@@ -145,10 +150,10 @@ def lr_advice(rows: Sequence[TrialRow], space_fixed: Collection[str] = ()) -> Ad
     decade and depth band."""
     done = [r for r in rows if trained(r) and "layers" in r.params and float(r.params.get("lr", 0)) > 0]
     by_lr = grouped(done, lambda r: lr_band(float(r.params["lr"])))
-    by_depth = grouped(done, lambda r: (int(r.params["layers"]) - 1) // DEPTH_BAND)
+    by_depth = grouped(done, depth_band)
     header = ("learning rate", *(depth_label(d) for d in by_depth), "all depths")
     evidence = Evidence(header, tuple(
-        (band_label(b), *(rate_cell([r for r in v if r in by_depth[d]]) for d in by_depth), rate_cell(v, True))
+        (band_label(b), *(rate_cell([r for r in v if depth_band(r) == d]) for d in by_depth), rate_cell(v, True))
         for b, v in by_lr.items()))
     skipped = sum(r.status == "PRUNED" and not trained(r) for r in rows)
     note = "Cells: diverged / trained." + (f" Not counted: {skipped} trial{'s' * (skipped != 1)} stopped before "
@@ -183,7 +188,7 @@ def depth_reading(rows: Sequence[TrialRow], by_lr: dict[int, list[TrialRow]], by
     if reading is not None or pair is None:
         return reading or few_groups("depth bands", "trained trials")
     low, high = pair
-    strata = {b: ([r for r in v if r in by_depth[high]], [r for r in v if r in by_depth[low]])
+    strata = {b: ([r for r in v if depth_band(r) == high], [r for r in v if depth_band(r) == low])
               for b, v in by_lr.items()}
     shared = {b: (d, s) for b, (d, s) in strata.items() if d and s}
     if not shared:
