@@ -1,5 +1,6 @@
 """`cnnsearch report`: one self-contained HTML page of a real study, every section there or saying why not, the
-verdict escaped, nothing loaded from outside, and the page working in a real headless Chromium."""
+verdict escaped, nothing loaded from outside, and the page working in a real headless Chromium, its
+screenshots not blank."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ RUN = ["run", "--study", "t", "-n", "3", "--epochs", "2", "--folds", "2", "--max
        "--threads", "1"]
 """Three trials on digits that all complete (no pruner), in about ten seconds."""
 
-SECTIONS = ("budget", "verdict", "best", "trials", "history", "stability", "pareto", "importances", "folds", "curves",
-            "retrain")
+SECTIONS = ("budget", "verdict", "best", "trials", "history", "stability", "pareto", "advice", "importances", "folds",
+            "curves", "retrain")
+"""Every section of the report, in the order of the page."""
 
 
 class Page(HTMLParser):
@@ -124,6 +126,9 @@ def test_the_report_has_every_section_and_inline_figures(runner: CliRunner, stud
     budget = next(f for f in verdict(load(in_tmp / "studies" / "t.db")) if f.kind == "budget")
     assert f"<li>{html.escape(budget.text)}</li>" in text  # the verdict that run and show --verdict print
     assert "No retrain yet: `cnnsearch retrain --study t` writes studies/t/metrics.json." in text
+    depth = page.tables["evidence-depth"]  # the usual advice, read from the same three trials
+    assert depth[0] == ["conv layers", "completed", "mean CV", "best CV"] and sum(int(r[1]) for r in depth[1:]) == 3
+    assert text.count('<li class="reading few">Too few trials to say: ') >= 3  # 3 trials: groups of 3 are rare
 
 
 def test_the_report_loads_nothing_from_outside(retrained: Path) -> None:
@@ -249,6 +254,20 @@ def column(browser: Any, col: int) -> list[str]:
             or r.find_elements(By.TAG_NAME, "td")[col].text for r in rows]
 
 
+def assert_not_blank(png: bytes, what: str) -> None:
+    """A screenshot with something drawn on it: many colours (text is anti-aliased, figures are coloured) and
+    grey levels that vary. A blank or single-colour page has one colour and a deviation of 0; the report's text
+    alone gives hundreds of colours and about 35."""
+    import io
+
+    from PIL import Image, ImageStat
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    colours = image.getcolors(maxcolors=image.width * image.height) or []
+    spread = ImageStat.Stat(image.convert("L")).stddev[0]
+    assert len(colours) > 50 and spread > 10, f"{what} looks blank: {len(colours)} colours, grey deviation {spread:.1f}"
+
+
 def test_the_report_works_in_headless_chromium(retrained: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -260,6 +279,16 @@ def test_the_report_works_in_headless_chromium(retrained: Path) -> None:
         b.execute_script("console.error('probe')")
         assert any("probe" in e["message"] for e in b.get_log("browser"))
         assert b.execute_script("return performance.getEntriesByType('resource').length") == 0
+        ids = b.execute_script("return Array.from(document.querySelectorAll('section[id]'), s => s.id)")
+        assert ids == list(SECTIONS), ids  # every section, the advice included, in order
+        assert_not_blank(b.get_screenshot_as_png(), "the top of the page")
+        height = b.execute_script("return document.documentElement.scrollHeight")
+        b.set_window_size(1200, min(height + 200, 16000))  # the whole page in one screenshot
+        assert_not_blank(b.get_screenshot_as_png(), "the whole page")
+        advice = b.find_element(By.ID, "advice")
+        assert len(advice.find_elements(By.CSS_SELECTOR, "table.evidence")) == 6
+        assert_not_blank(advice.screenshot_as_png, "the advice section")
+        b.set_window_size(1200, 900)
         pictures = b.find_elements(By.CSS_SELECTOR, "svg, img")
         assert len(pictures) == retrained.read_text(encoding="utf-8").count("<svg") >= 5
         assert all(p.rect["width"] > 100 and p.rect["height"] > 100 for p in pictures), [p.rect for p in pictures]
@@ -282,6 +311,11 @@ def test_the_report_works_in_headless_chromium(retrained: Path) -> None:
         assert column(b, 0) == ["9", "10", "100"]
         buttons[0].click()
         assert column(b, 0) == ["100", "10", "9"]
+
+        # The screenshot check sees a page that draws nothing but its scroll bar (19 colours, deviation 3.2 here).
+        b.execute_script("document.body.style.visibility = 'hidden'")
+        with pytest.raises(AssertionError, match="the hidden page looks blank"):
+            assert_not_blank(b.get_screenshot_as_png(), "the hidden page")
     finally:
         b.quit()
 

@@ -3,7 +3,8 @@
 Everything is inside the file: the figures as inline SVG (drawn by :mod:`cnnsearch.results.plots` and
 :mod:`cnnsearch.results.pareto_plot`), the style sheet and the small script that sorts the trials table. It loads
 nothing from anywhere when opened. The template is ``templates/report.html.j2``, rendered by Jinja2 with
-autoescaping on; the sections are built in :mod:`cnnsearch.results.report_sections`.
+autoescaping on; the sections are built in :mod:`cnnsearch.results.report_sections`, and what the trials
+say about the usual CNN advice in :mod:`cnnsearch.results.advice`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from cnnsearch.errors import RUNTIME, CnnSearchError
 from cnnsearch.results import report_sections as sections
+from cnnsearch.results.advice import all_advice
+from cnnsearch.results.advice_rule import MIN_TRIALS
 from cnnsearch.results.pareto_plot import plot_pareto
 from cnnsearch.results.plot_data import PlotData, Skip, gather
 from cnnsearch.results.plot_style import STYLE
@@ -124,6 +127,8 @@ def report_context(study: optuna.Study, verdict: Sequence[str], retrain_dir: Pat
         "header": sections.table_header(rows),
         "rows": [sections.table_row(r, names) for r in rows],
         "pictures": drawn,
+        "advice": all_advice(rows, sections.settings_of(study)),
+        "min_trials": MIN_TRIALS,
         "retrain": sections.retrain(retrain_dir, study.study_name, best["number"] if best else None),
     }
 
