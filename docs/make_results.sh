@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the results examples from a real search on digits: docs/plot-history.png and
 # docs/plot-stability.png (shown in docs/guide.md, "Reading the results"), plus the table (README.md's tour),
-# the CSV excerpt (docs/guide.md) and the retrain's summary (both pages) printed to stdout for pasting. Runs in a temporary folder, so no study of yours is touched. It took 50-57 s
+# the CSV excerpt (docs/guide.md), the verdict and the retrain's summary (both pages) printed to stdout for pasting,
+# and the study's report: docs/report.html and its screenshot docs/report.png (headless Chromium, when installed).
+# Runs in a temporary folder, so no study of yours is touched. It took 50-57 s
 # on 2 cores (2026-11-27), and 21 s on a newer 2-core AMD EPYC (2026-11-30).
 #
 #   bash docs/make_results.sh            # the defaults below
@@ -25,9 +27,17 @@ cols = ["number", "status", "cv_mean", "cv_std", "fold_0", "lr", "layers", "opti
 print(frame[cols].head(5).to_csv(index=False), end="")
 PY
 cs plot --study digits --out plots --dpi 80
+sed -n '/^Verdict$/,/^Resume:/p' run.log | sed '$d'
 cs retrain --study digits > retrain.log
 head -2 retrain.log
+cs report --study digits --out "$repo/docs/report.html"
+if command -v chromium >/dev/null 2>&1; then
+    chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,1500 \
+        --screenshot="$work/report.png" "file://$repo/docs/report.html" 2>/dev/null
+    # a small palette PNG for the README
+    python -c "from PIL import Image; Image.open('$work/report.png').convert('RGB').resize((700, 1050), Image.LANCZOS).quantize(64).save('$repo/docs/report.png', optimize=True)"
+fi
 cp plots/history.png "$repo/docs/plot-history.png"
 cp plots/stability.png "$repo/docs/plot-stability.png"
-ls -l "$repo"/docs/plot-*.png
+ls -l "$repo"/docs/plot-*.png "$repo"/docs/report.*
 echo "study kept in $work/studies/digits.db"
