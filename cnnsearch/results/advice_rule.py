@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection, Hashable, Mapping, Sequence, S
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cnnsearch.results.text import fmt_pct
 from cnnsearch.store.rows import TrialRow, is_scored
 
 MIN_TRIALS = 3
@@ -148,14 +149,10 @@ def cv(rows: Sequence[TrialRow]) -> list[float]:
     return [r.cv_mean for r in rows if r.cv_mean is not None]
 
 
-def pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
-
-
 def acc_cells(rows: Sequence[TrialRow]) -> tuple[str, str, str]:
     """Completed trials, mean CV accuracy and best CV accuracy of a group."""
     scores = cv(rows)
-    return str(len(scores)), pct(statistics.fmean(scores)), pct(max(scores))
+    return str(len(scores)), fmt_pct(statistics.fmean(scores)), fmt_pct(max(scores))
 
 
 def median_of(values: Sequence[float], fmt: Callable[[float], str]) -> str:
