@@ -27,7 +27,7 @@ def probe(
     """Find where training blows up: a learning-rate range test per depth, optimizer and batchnorm of the space."""
     import time
 
-    from cnnsearch.cli.render import probe_table
+    from cnnsearch.cli.render import print_table, probe_table
     from cnnsearch.config.files import load_config
     from cnnsearch.errors import CnnSearchError
     from cnnsearch.runtime.cores import set_threads
@@ -41,7 +41,7 @@ def probe(
         set_threads(config.run.threads)
     started = time.perf_counter()
     found = probe_space(config, dataset_for(config.run), resolve_device(config.run.device))
-    console.print(probe_table(found))
+    print_table(probe_table(found))
     console.print(f"{len(found)} range tests in {time.perf_counter() - started:.1f} s. `cnnsearch run --probe` "
                   "keeps trials below half of each explosion rate.", highlight=False)
     if plot is not None:
