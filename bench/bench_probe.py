@@ -7,16 +7,19 @@ diverged trials, the trials the probe stopped untrained, the best CV accuracy an
 included).
 
     python -m bench.bench_probe --seeds 0 1 2 --trials 30
+    python -m bench.bench_probe --seeds 0 --trials 30 --epochs 5 --mnist   # the 10,000 MNIST test images
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
+from pathlib import Path
 
 import optuna
 
-from bench.common import machine, print_table, study_run
+from bench.common import machine, mnist_npz, print_table, study_run
 
 SPACE = ["--lr", "1e-4:10", "--optimizer", "sgd", "--batchnorm", "false,true", "--layers", "2:10"]
 
@@ -41,7 +44,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--extra", action="append", default=[], help="an extra option for both runs")
+    parser.add_argument("--mnist", action="store_true", help="search the 10,000 MNIST test images, not digits")
     ns = parser.parse_args()
+    data = "digits"
+    if ns.mnist:
+        tmp = tempfile.mkdtemp()
+        ns.extra += ["--dataset", f"npz:{mnist_npz(Path(tmp) / 'mnist.npz')}"]
+        data = "MNIST-10k"
     rows, shares = [], []
     for seed in ns.seeds:
         plain = search(seed, ns.trials, ns.epochs, False, ns.extra)
@@ -54,7 +63,7 @@ def main() -> None:
     rows.append(["median", f"{100 * statistics.median(s for s, _ in shares):.1f}%",
                  f"{100 * statistics.median(s for _, s in shares):.1f}%", "", "", "", "", "", "", ""])
     print(machine())
-    print_table(f"digits, {ns.trials} trials, {ns.epochs} epochs, {' '.join(SPACE)}",
+    print_table(f"{data}, {ns.trials} trials, {ns.epochs} epochs, {' '.join(SPACE)}",
                 ["seed", "diverged time: plain", "with --probe", "diverged: plain", "with --probe",
                  "stopped by the cap", "best CV: plain", "with --probe", "wall s: plain", "with --probe"], rows)
 
