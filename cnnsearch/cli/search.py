@@ -118,9 +118,11 @@ def resume_command(settings: RunSettings, command: str = "run") -> str:
 
 
 def render_summary(result: SearchResult, settings: RunSettings, command: str = "run") -> None:
-    from cnnsearch.cli.render import config_table, print_table, trials_table
+    from cnnsearch.cli.render import config_table, print_table, trials_table, verdict_lines
     from cnnsearch.results.pareto import pick_summary
+    from cnnsearch.results.verdict import verdict
     from cnnsearch.store.rows import best_row, sort_rows
+    from cnnsearch.store.storage import load_study
 
     rows = sort_rows(result.rows)
     if result.already_done:
@@ -137,10 +139,6 @@ def render_summary(result: SearchResult, settings: RunSettings, command: str = "
         console.print(line, highlight=False)
     for note in result.notes:
         console.print(note, highlight=False)
-    from cnnsearch.cli.render import verdict_lines
-    from cnnsearch.results.verdict import verdict
-    from cnnsearch.store.storage import load_study
-
     console.print(verdict_lines(verdict(load_study(result.study_name, result.storage_url))), markup=False,
                   highlight=False, soft_wrap=True)
     storage = f" --storage {settings.storage}" if settings.storage else ""
