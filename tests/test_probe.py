@@ -14,7 +14,7 @@ from cnnsearch.data.dataset import load_dataset
 from cnnsearch.search.probe import PROBE_ATTR, cap_for, depths, stored
 from cnnsearch.search.suggest import STARTING_POINT
 from cnnsearch.training.params import params_from_dict
-from cnnsearch.training.probe import range_test
+from cnnsearch.training.probe import RISE_OVER_MIN, range_test
 
 
 @pytest.fixture(scope="module")
@@ -23,26 +23,31 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, torc
     return ds.x, ds.y
 
 
-def sweep(digits: tuple[torch.Tensor, torch.Tensor], **params: object) -> object:
+def sweep(digits: tuple[torch.Tensor, torch.Tensor], rise: float | None = RISE_OVER_MIN, **params: object) -> object:
     torch.set_num_threads(1)
     p = params_from_dict({**STARTING_POINT, "optimizer": "sgd", "momentum": 0.9, **params})
-    return range_test(p, *digits, n_classes=10, lr_low=1e-4, lr_high=100.0, steps=120)
+    return range_test(p, *digits, n_classes=10, lr_low=1e-4, lr_high=100.0, steps=120, rise=rise)
 
 
 def test_sgd_without_batchnorm_blows_up_within_the_sweep(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
-    found = sweep(digits, batchnorm=False, layers=2)
-    assert found.explode_lr is not None and found.explode_kind in ("nan", "inf", "explode")  # type: ignore[attr-defined]
-    assert 1e-4 < found.best_lr < found.explode_lr < 100  # type: ignore[attr-defined]
+    """The loss really blows up (the divergence rule, alone, fires within the sweep), and the probe's edge (the
+    smoothed loss 4 times its lowest) comes no later: a trial capped below it is not one that would diverge."""
+    exploded = sweep(digits, rise=None, batchnorm=False, layers=2)
+    assert exploded.explode_lr is not None and exploded.explode_kind in ("nan", "inf", "explode")  # type: ignore[attr-defined]
     # The loss at the edge is past the divergence rule's threshold: a trial at that rate would be DIVERGED.
-    assert found.lrs[-1] == found.explode_lr or found.explode_step == len(found.lrs)  # type: ignore[attr-defined]
+    assert exploded.explode_step == len(exploded.lrs)  # type: ignore[attr-defined]  # the step the watch stopped
+    found = sweep(digits, batchnorm=False, layers=2)
+    assert found.explode_lr is not None  # type: ignore[attr-defined]
+    assert 1e-4 < found.best_lr < found.explode_lr <= exploded.explode_lr < 100  # type: ignore[attr-defined]
 
 
 def test_deeper_nets_find_their_edge_no_higher(digits: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """Measured on digits (SGD, batchnorm): 2 layers undo their training from about 6, 4 to 8 layers from about 5.
-    Without batchnorm, 6 and more layers do not learn at any rate of the sweep: no edge, so no cap."""
+    """Measured on all of digits (SGD, batchnorm): the edge of 2 layers is at 6.9, of 4 to 10 layers at 1.4 to 4.9.
+    Without batchnorm the edges are erratic (12 at 2 layers, 3.1 at 4, 56 to 63 at 6 to 10, where the deep nets
+    learn nothing in the sweep and their loss only climbs at its top), so the test holds for batchnorm only."""
     edges = [sweep(digits, batchnorm=True, layers=n).explode_lr for n in (2, 6)]  # type: ignore[attr-defined]
     assert all(e is not None for e in edges)
-    assert edges[1] <= edges[0] * 1.5  # no higher, within one sweep step's spread of the rule
+    assert edges[1] <= edges[0]
 
 
 def test_the_depths_spread_over_the_space() -> None:

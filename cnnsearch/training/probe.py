@@ -23,9 +23,12 @@ if TYPE_CHECKING:
 SMOOTHING = 0.9
 """Weight of the running loss in the smoothed loss (an exponential moving average, bias-corrected)."""
 
-RISE_FROM = 0.5
-"""A sweep whose smoothed loss fell below this share of its first value and then climbed back above that value has
-found its edge too (kind ``rise``): the rate now undoes what training learned, though no divergence rule fired."""
+RISE_OVER_MIN = 4.0
+"""A sweep whose smoothed loss climbs above this many times its lowest value so far has found its edge too (kind
+``rise``), though no divergence rule fired: the rate now undoes what the sweep had reached, by dead units or a
+finite blow-up still under the divergence threshold. Lightning's ``LearningRateFinder`` and fastai's ``lr_find``
+stop their sweeps at the same 4x. (A rule that needed the loss to have halved first missed nets that learn slowly
+in 120 steps: SGD without batchnorm on 958 digits fell from 2.32 to 2.05 only, then rose to 46 without an edge.)"""
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,17 @@ class RangeTest:
     best_lr: float  # the rate where the smoothed loss was lowest
     explode_lr: float | None  # the rate at which the loss blew up; None if it never did within the sweep
     explode_step: int | None
-    explode_kind: str | None  # nan, inf or explode (the divergence watch's rule), or rise (back above the start)
+    explode_kind: str | None  # nan, inf or explode (the divergence watch's rule), or rise (RISE_OVER_MIN)
     seconds: float = 0.0
 
 
 def range_test(params: TrialParams, x: torch.Tensor, y: torch.Tensor, *, n_classes: int, lr_low: float,
                lr_high: float, steps: int = 120, explode: float = 100.0, seed: int = 0,
-               norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> RangeTest:
+               norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+               rise: float | None = RISE_OVER_MIN) -> RangeTest:
     """Train ``params``' model on uint8 images ``x`` for ``steps`` steps, the rate growing from ``lr_low`` to
-    ``lr_high``; stop where the loss blows up.
+    ``lr_high``; stop where the loss blows up: by the divergence watch's rule, or where the smoothed loss exceeds
+    ``rise`` times its lowest value (None: the divergence rule alone).
 
     The batches cycle through a shuffled order of ``x`` (drawn on the CPU, as in :func:`train_fold`); ``params.lr``
     and ``params.decay`` are ignored.
@@ -90,9 +95,7 @@ def range_test(params: TrialParams, x: torch.Tensor, y: torch.Tensor, *, n_class
             average = SMOOTHING * average + (1 - SMOOTHING) * float(loss.item())
             lrs.append(lr)
             losses.append(average / (1 - SMOOTHING ** (step + 1)))
-            if min(losses) < RISE_FROM * losses[0] and losses[-1] > losses[0]:
-                # It had learned, and the rate has undone it: worse than the untrained net (dead units, or a
-                # finite blow-up that the divergence rule's threshold has not reached yet).
+            if rise is not None and losses[-1] > rise * min(losses):
                 return _found(lrs, losses, started, lr, step, "rise")
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
