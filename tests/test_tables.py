@@ -144,3 +144,22 @@ def test_a_26_class_confusion_matrix_is_a_list_of_mistakes_even_at_200_columns()
                                    "and cnnsearch report")
     small = confusion_table(["0", "1"], [[5, 1], [0, 6]], width=80)
     assert len(small.columns) == 3  # a small matrix fits, and stays a matrix
+
+
+def test_a_full_width_print_leaves_the_console_as_it_was(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """In a pipe the table is printed at its natural width by a console of its own: the shared console's width
+    (which follows COLUMNS) is not pinned for the prints after it."""
+    from cnnsearch.cli.render import console, print_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.9, params={"lr": 0.01},
+                                 distributions={"lr": FloatDistribution(1e-5, 1, log=True)},
+                                 user_attrs={"fold_scores": [0.9, 0.9], "notes": "x" * 300}))
+    before = console.width
+    print_table(trials_table(trial_rows(study)))
+    assert console.width == before
+    monkeypatch.setenv("COLUMNS", "123")
+    assert console.width == 123
+    assert capsys.readouterr().out.count("\n") > 3

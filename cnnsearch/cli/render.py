@@ -90,12 +90,8 @@ def print_table(renderable: Any, con: Console | None = None) -> None:
     if output_width(con) is not None:
         con.print(renderable)
         return
-    old = con.width
-    con.width = max(old, natural_width(renderable, con))
-    try:
-        con.print(renderable)
-    finally:
-        con.width = old
+    # A console of its own for this one table: setting the width of ``con`` would pin it for every later print.
+    Console(file=con.file, width=max(con.width, natural_width(renderable, con)), no_color=True).print(renderable)
 
 
 TRIAL_COLUMNS = ("#", "status", "CV accuracy", "lr", "layers", "MACs", "width", "optimizer", "head", "batchnorm",
