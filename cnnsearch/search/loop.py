@@ -107,12 +107,19 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
             raise
         raise storage_failure(run, cause) from None
     share(PARKED)  # done, or past the deadline
-    result.rows = trial_rows(study)
-    result.notes = failure_notes(result.rows) + budget_notes(result.rows, run)  # divergence: the verdict's
+    result.rows, result.notes = closing(study, run)
+    return result
+
+
+def closing(study: optuna.Study, run: RunSettings) -> tuple[list[TrialRow], list[str]]:
+    """The study's rows at the end of a run, and the notes its summary prints beside the verdict (which speaks of
+    divergence): trials that could not train, what the cost limits did, and where ``--timeout`` stopped it."""
+    rows = trial_rows(study)
+    notes = failure_notes(rows) + budget_notes(rows, run)
     done, _ = finished_count(study)
     if done < run.n_trials and run.timeout is not None:
-        result.notes.append(timeout_note(run, done))
-    return result
+        notes.append(timeout_note(run, done))
+    return rows, notes
 
 
 def trial_loop(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective, claim: TrialClaim,
