@@ -28,6 +28,7 @@ def probe(
     import time
 
     from cnnsearch.cli.render import print_table, probe_table
+    from cnnsearch.config.defaults import PROBE_CAP_SHARE
     from cnnsearch.config.files import load_config
     from cnnsearch.errors import CnnSearchError
     from cnnsearch.runtime.cores import set_threads
@@ -43,7 +44,7 @@ def probe(
     found = probe_space(config, dataset_for(config.run), resolve_device(config.run.device))
     print_table(probe_table(found))
     console.print(f"{len(found)} range tests in {time.perf_counter() - started:.1f} s. `cnnsearch run --probe` "
-                  "keeps trials below half of each explosion rate.", highlight=False)
+                  f"keeps trials below {PROBE_CAP_SHARE:g} of each explosion rate.", highlight=False)
     if plot is not None:
         from cnnsearch.results.probe_plot import write_probe_plot
 
