@@ -208,7 +208,8 @@ class SearchProgress:
             if task is not None:
                 self.inner.remove_task(task)
             self.console.print(trial_line(event.row), highlight=False)
-            self.trials.advance(self.trial_task)
+            if "lr_above_cap" not in event.row.attrs:  # a re-draw, not a trial of the budget
+                self.trials.advance(self.trial_task)
             if event.best is not None:
                 self.trials.update(self.trial_task, description=f"best {100 * event.best:.2f}%")
 

@@ -128,8 +128,9 @@ class RunSettings:
     explode: float = option(defaults.EXPLODE, "A trial diverges when its loss exceeds this multiple of its "
                                               "first-step loss.", PRUNING)
     probe: bool = option(False, "Before the first trial, run a learning-rate range test per depth, optimizer and "
-                                "batchnorm (see cnnsearch probe), store it with the study, and stop trials whose rate "
-                                "is above half the rate where the test's loss blew up.", PRUNING)
+                                "batchnorm (see cnnsearch probe), store it with the study, and draw again, untrained, "
+                                f"a trial whose rate is above {defaults.PROBE_CAP_SHARE:g} of the rate where the "
+                                "test's loss blew up.", PRUNING)
     cost_weight: float = option(
         defaults.COST_WEIGHT, "How much the sampler favours fast configurations: among the candidates TPE draws "
         "it keeps the one with the largest l(x)/g(x) / (predicted epoch time)^this; 0 is plain TPE.", SPACE)

@@ -73,7 +73,7 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
     setup = setup or set_up(config, widen=widen, heartbeat=heartbeat)
     data, plan, pruner = arm(config, setup, worker)
     study, storage = setup.study, setup.storage
-    done, _ = finished_count(study)
+    done, _ = finished_count(study, run.n_trials)
     result = SearchResult(run.study, run.storage_url, [], 0, run.n_trials, already_done=done >= run.n_trials)
 
     def after(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -116,7 +116,7 @@ def closing(study: optuna.Study, run: RunSettings) -> tuple[list[TrialRow], list
     divergence): trials that could not train, what the cost limits did, and where ``--timeout`` stopped it."""
     rows = trial_rows(study)
     notes = failure_notes(rows) + budget_notes(rows, run)
-    done, _ = finished_count(study)
+    done, _ = finished_count(study, run.n_trials)
     if done < run.n_trials and run.timeout is not None:
         notes.append(timeout_note(run, done))
     return rows, notes
@@ -135,7 +135,7 @@ def trial_loop(study: optuna.Study, storage: optuna.storages.RDBStorage, objecti
         interrupts.checkpoint()
         claim.acquire()
         try:
-            done, running = claim_turn(study, storage, heartbeat)
+            done, running = claim_turn(study, storage, heartbeat, target)
             if done >= target:
                 break
             if done + running < target:
@@ -182,9 +182,11 @@ def storage_failure(run: RunSettings, exc: BaseException) -> Exception:
                           "command again to resume", exit_code=RUNTIME)
 
 
-def claim_turn(study: optuna.Study, storage: optuna.storages.RDBStorage, heartbeat: bool) -> tuple[int, int]:
+def claim_turn(study: optuna.Study, storage: optuna.storages.RDBStorage, heartbeat: bool,
+               target: int) -> tuple[int, int]:
     """Holding the claim: re-queue trials of dead workers (at once for this machine, after the heartbeat grace
-    period for others); return (finished, running) trials."""
+    period for others); return (finished, running) trials, as they count toward ``target``
+    (:func:`~cnnsearch.store.record.finished_count`)."""
     import optuna
 
     from cnnsearch.store.recovery import recover_dead_trials
@@ -194,7 +196,7 @@ def claim_turn(study: optuna.Study, storage: optuna.storages.RDBStorage, heartbe
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-    return finished_count(study)
+    return finished_count(study, target)
 
 
 def timeout_note(run: RunSettings, done: int) -> str:

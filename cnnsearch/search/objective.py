@@ -230,7 +230,8 @@ class Objective:
 
     def check_cap(self, trial: optuna.Trial, params: TrialParams) -> None:
         """Stop a trial whose rate is above the probe's cap for its depth, optimizer and batchnorm: PRUNED with the
-        worst score at step 0, and the ``lr_above_cap`` attribute, so TPE learns the edge without training."""
+        worst score at step 0, and the ``lr_above_cap`` attribute, so TPE learns the edge without training. It does
+        not count toward the target: the next trial draws again (:func:`cnnsearch.store.record.finished_count`)."""
         import optuna
 
         from cnnsearch.search.probe import cap_for

@@ -7,8 +7,10 @@ first fold's training images, the other parameters at the starting point. With `
 probe found (study attribute :data:`PROBE_ATTR`, so a resume does not probe again and other tools can read it), and
 a trial whose sampled rate is above :data:`~cnnsearch.config.defaults.PROBE_CAP_SHARE` of its combination's
 explosion rate does not train: it is PRUNED with the ``lr_above_cap`` attribute, so TPE learns the edge without
-paying for the trial. Each combination keeps its smoothed loss curve, thinned and rounded (:func:`compact`), for
-``probe --plot`` and the stability map. See docs/how-it-works.md, "The learning-rate probe".
+paying for the trial, and it does not count toward the target (a re-draw;
+:func:`cnnsearch.store.record.finished_count`). Each combination keeps its smoothed loss curve, thinned and
+rounded (:func:`compact`), for ``probe --plot`` and the stability map. See docs/how-it-works.md, "The
+learning-rate probe".
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def run_workers(config: Config, emit: Emit = ignore, *, widen: bool = False, fir
     setup = set_up(config, widen=widen, device=device)
     study, storage = setup.study, setup.storage
     recover_dead_trials(study, storage)
-    done, running = finished_count(study)
+    done, running = finished_count(study, run.n_trials)
     cores = cpu_cores()
     n = resolve_workers(run.workers, run.n_trials - done - running, cores, device.type)
     share = run.threads is None  # --threads fixes each worker's threads; else the workers share the cores
@@ -350,7 +350,7 @@ def _outcome(config: Config, study: optuna.Study, exit_codes: Sequence[int | Non
     from cnnsearch.store.record import finished_count
     from cnnsearch.store.rows import trial_rows
 
-    done, _ = finished_count(study)
+    done, _ = finished_count(study, config.run.n_trials)
     rows = trial_rows(study)
     result = SearchResult(config.run.study, config.run.storage_url, rows, ran, config.run.n_trials,
                           notes=failure_notes(rows) + budget_notes(rows, config.run))

@@ -31,13 +31,19 @@ DATA_ATTR = "cnnsearch_data"
 ``shape`` (channels, height, width), each fold's validation ``fold_sizes`` and chance ``floors``."""
 
 
-def finished_count(study: optuna.Study) -> tuple[int, int]:
-    """(finished trials that count toward the target, trials running now)."""
+def finished_count(study: optuna.Study, redraws: int = 0) -> tuple[int, int]:
+    """(finished trials that count toward the target, trials running now).
+
+    A trial that the probe's cap stopped untrained (``lr_above_cap``, ``run --probe``) is a re-draw of the rate, not
+    a trial of the budget: the first ``redraws`` of them do not count. The search passes its target, so a space that
+    lies mostly above the cap still ends, after at most twice its trials.
+    """
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
+    capped = sum(t.state == TrialState.PRUNED and "lr_above_cap" in t.user_attrs for t in trials)
+    return len(trials) - running - min(capped, redraws), running
 
 
 def create_or_resume(config: Config, *, heartbeat: bool = True, widen: bool = False,
