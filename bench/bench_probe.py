@@ -122,18 +122,23 @@ def main() -> None:
         rows.append([seed, f"{100 * plain['share']:.1f}%", f"{100 * probed['share']:.1f}%", int(plain["diverged"]),
                      int(probed["diverged"]), int(probed["capped"]), f"{100 * plain['best']:.2f}%",
                      f"{100 * probed['best']:.2f}%", f"{plain['wall']:.0f}", f"{probed['wall']:.0f}"])
-    rows.append(["median", f"{100 * statistics.median(s for s, _ in shares):.1f}%",
-                 f"{100 * statistics.median(s for _, s in shares):.1f}%", "", "", "", "", "", "", ""])
+        report(f"{data}, {ns.trials} trials, {ns.epochs} epochs, {' '.join(SPACE)}", rows, shares, pairs, diverged)
+
+
+def report(title: str, rows: list[list[object]], shares: list[tuple[float, float]],
+           pairs: list[tuple[dict[str, Any], list[Any]]], diverged: list[list[object]]) -> None:
+    """The three tables over the seeds done so far (printed after each seed, so a long run cut short keeps them)."""
+    median = ["median", f"{100 * statistics.median(s for s, _ in shares):.1f}%",
+              f"{100 * statistics.median(s for _, s in shares):.1f}%", "", "", "", "", "", "", ""]
     print(machine())
-    print_table(f"{data}, {ns.trials} trials, {ns.epochs} epochs, {' '.join(SPACE)}",
-                ["seed", "diverged time: plain", "with --probe", "diverged: plain", "with --probe",
-                 "stopped by the cap", "best CV: plain", "with --probe", "wall s: plain", "with --probe"], rows)
+    print_table(title, ["seed", "diverged time: plain", "with --probe", "diverged: plain", "with --probe",
+                        "stopped by the cap", "best CV: plain", "with --probe", "wall s: plain", "with --probe"],
+                [*rows, median])
     print_table("A cap at each share of the probe's edge, replayed on the plain searches (all seeds)",
                 ["share", "trials stopped", "diverged among them", "of the diverged time", "healthy trials' s lost",
                  "best trial stopped"], replay(pairs))
     print_table("The plain searches' diverged trials", ["seed", "layers", "batchnorm", "lr", "lr / edge", "s"],
                 diverged)
-
 
 if __name__ == "__main__":
     main()
