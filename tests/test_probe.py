@@ -83,6 +83,11 @@ def test_run_probe_caps_the_rates_and_a_resume_reuses_it(runner: CliRunner, in_t
             assert "lr_above_cap" not in t.user_attrs
     assert capped > 0
     assert len(study.trials) - capped == 6  # the capped ones were re-drawn, not taken from the budget
+    from cnnsearch.results.report_sections import budget
+    from cnnsearch.store.rows import trial_rows
+
+    trials_line = dict(budget(study, trial_rows(study)))["trials"]
+    assert trials_line.startswith(f"{6 + capped} of 6 targeted") and f"({capped} of the pruned re-drawn" in trials_line
     before = study.user_attrs[PROBE_ATTR]
     again = runner.invoke(app, [*args, "-n", "7"])
     assert again.exit_code == 0, again.output

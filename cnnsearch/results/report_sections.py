@@ -107,7 +107,9 @@ def budget(study: optuna.Study, rows: Sequence[TrialRow]) -> list[tuple[str, str
     counts = Counter(r.status for r in rows)
     by_status = ", ".join(f"{counts[s]} {s.lower()}" for s in STATUSES if counts[s])
     facts = data_facts(settings)
-    facts.append(("trials", f"{len(rows)}" + (f" of {target} targeted" if target else "") + f": {by_status}"))
+    redrawn = sum("lr_above_cap" in r.attrs for r in rows)  # not counted toward the target
+    facts.append(("trials", f"{len(rows)}" + (f" of {target} targeted" if target else "") + f": {by_status}"
+                  + (f" ({redrawn} of the pruned re-drawn, above the probe's cap)" if redrawn else "")))
     for key, label in (("epochs", "epochs per fold"), ("folds", "folds"), ("seed", "seed"),
                        ("precision", "precision")):
         if key in settings:
