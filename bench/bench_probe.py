@@ -132,7 +132,7 @@ def report(title: str, rows: list[list[object]], shares: list[tuple[float, float
               f"{100 * statistics.median(s for _, s in shares):.1f}%", "", "", "", "", "", "", ""]
     print(machine())
     print_table(title, ["seed", "diverged time: plain", "with --probe", "diverged: plain", "with --probe",
-                        "stopped by the cap", "best CV: plain", "with --probe", "wall s: plain", "with --probe"],
+                        "re-drawn over the cap", "best CV: plain", "with --probe", "wall s: plain", "with --probe"],
                 [*rows, median])
     print_table("A cap at each share of the probe's edge, replayed on the plain searches (all seeds)",
                 ["share", "trials stopped", "diverged among them", "of the diverged time", "healthy trials' s lost",

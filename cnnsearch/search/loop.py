@@ -50,11 +50,9 @@ def run_search(config: Config, emit: Emit = ignore, *, widen: bool = False, work
         deadline: The ``time.time()`` after which no trial starts (``--timeout`` counted from when the command
             started, set by :func:`cnnsearch.search.workers.run_workers`); None: ``config.run.timeout`` from this
             call.
-        cores: This worker's place among the local workers that share the machine's cores
-            (:class:`cnnsearch.runtime.cores.CoreShare`): its state is kept there, and its torch threads follow the
-            cores the other workers leave free. None: ``config.run.threads`` throughout.
-        setup: What :func:`~cnnsearch.search.setup.set_up` made in this process already (``run_workers`` with one
-            worker); None: set up here.
+        cores: This worker's slot in :class:`cnnsearch.runtime.cores.CoreShare`: its torch threads follow the
+            cores the other local workers leave free. None: ``config.run.threads`` throughout.
+        setup: What :func:`~cnnsearch.search.setup.set_up` made here already (one worker); None: set up here.
 
     Raises:
         KeyboardInterrupt: after a first SIGINT or SIGTERM (inside :func:`cnnsearch.runtime.interrupts.handled`):
