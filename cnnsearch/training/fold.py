@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from cnnsearch.training.augment import Augment
     from cnnsearch.training.params import TrialParams
 
 
@@ -117,32 +118,37 @@ def fresh_model(params: TrialParams, channels: int, size: int, n_classes: int, s
     return model.to(device).to(memory_format=memory_format(device))
 
 
+def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, gen: torch.Generator,
+                     scale: torch.Tensor, shift: torch.Tensor, augment: Augment | None,
+                     x_norm: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of training batches ``(images, labels)``, in an order drawn from ``gen`` (on the CPU), the images
+    float and normalised: sliced from ``x_norm`` where :func:`prenormalised` made it, else augmented (training
+    batches only) and normalised per batch."""
+    import torch
+
+    perm = torch.randperm(len(y), generator=gen).to(x.device)
+    for start in range(0, len(y), batch_size):
+        idx = perm[start:start + batch_size]
+        if x_norm is not None:
+            yield x_norm[idx], y[idx]
+        else:
+            xb = x[idx] if augment is None else augment(x[idx])
+            yield xb.float().mul_(scale).add_(shift), y[idx]
+
+
 def train_fold(
-    params: TrialParams,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    *,
-    n_classes: int,
-    epochs: int,
-    seed: int,
-    explode: float = 100.0,
-    fold: int = 0,
-    on_epoch: EpochHook | None = None,
-    precision: str = "fp32",
-    norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    params: TrialParams, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+    *, n_classes: int, epochs: int, seed: int, explode: float = 100.0, fold: int = 0,
+    on_epoch: EpochHook | None = None, precision: str = "fp32", norm: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FoldResult:
     """Train a fresh model on one fold and score it on the validation part after every epoch.
 
-    Images are uint8 ``(N, C, H, W)`` tensors already on the training device; batches are drawn by a
-    shuffled index, augmented per ``params.augment`` and normalised on the fly with statistics of ``x_train``
-    alone (the un-augmented training images), so validation and test images never shape the normalisation.
-    An empty validation part skips scoring (the curve holds NaN): the final retrain trains that way. The result
-    keeps the model.
-    Weight init, batch order and dropout masks are drawn on the CPU, so that the device changes results by float
-    noise only; ``precision="bf16"`` runs the forward pass under bf16 autocast. ``norm`` is
-    ``normalisation(x_train)`` when the caller already has it (the objective computes it once per fold).
+    Images are uint8 ``(N, C, H, W)`` tensors already on the training device, batched by
+    :func:`shuffled_batches` and normalised with statistics of ``x_train`` alone (the un-augmented training
+    images; ``norm`` when the caller has them), so validation and test images never shape the normalisation. An
+    empty validation part skips scoring (the curve holds NaN): the final retrain trains that way. The result keeps
+    the model. Weight init, batch order and dropout masks are drawn on the CPU, so that the device changes results
+    by float noise only; ``precision="bf16"`` runs the forward pass under bf16 autocast.
 
     Raises:
         Diverged: the loss became NaN or inf, exceeded ``explode`` times the fold's first-step loss, or
@@ -167,7 +173,6 @@ def train_fold(
     augment = batch_augment(params.augment, height=int(h), width=int(w), seed=seed, device=device)
     x_norm = prenormalised(x_train, scale, shift) if augment is None else None
     beta = params.l2
-    n, bs = len(y_train), params.batch_size
     eval_batch = eval_batch_size(device, int(h), int(w), params.width)
     watch = DivergenceWatch(explode, [fold], lambda _: float(opt.param_groups[0]["lr"]),
                             every=CUDA_CHECK_EVERY if device.type == "cuda" else 1)
@@ -178,16 +183,9 @@ def train_fold(
         model.train()
         ce_sum.zero_()
         ce_count = 0
-        perm = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, bs):
-            idx = perm[start:start + bs]
-            if x_norm is not None:
-                xb = x_norm[idx]
-            else:
-                xb = x_train[idx] if augment is None else augment(x_train[idx])  # training batches only
-                xb = xb.float().mul_(scale).add_(shift)
+        for xb, yb in shuffled_batches(x_train, y_train, params.batch_size, gen, scale, shift, augment, x_norm):
             with forward_context:
-                ce = F.cross_entropy(model(xb), y_train[idx])
+                ce = F.cross_entropy(model(xb), yb)
             loss = ce + beta * l2_term(weights) if beta > 0 else ce
             watch.add(loss.detach().reshape(1), (step,), epoch)
             step += 1
