@@ -17,6 +17,8 @@ from cnnsearch.data.raw import RawData, content_hash
 from cnnsearch.errors import CnnSearchError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
     import numpy as np
     import torch
 
@@ -67,64 +69,11 @@ def scan(root: Path, warnings: list[str] | None = None) -> tuple[tuple[str, ...]
     def skip(rel: str, why: str) -> None:
         skipped.append(f"{_shown(rel)} ({why})")
 
-    if not root.is_dir():
-        raise CnnSearchError(f"{label}: no such folder" if not root.exists() else f"{label}: is not a folder")
-    try:
-        entries = list(os.scandir(root))
-    except OSError as exc:
-        raise CnnSearchError(f"{label}: cannot read it ({exc.strerror or exc})") from None
-    names: list[str] = []
-    for e in entries:
-        if e.name.startswith("."):
-            continue
-        if not _printable(e.name):
-            if _is_dir(e):
-                skip(e.name, "its name is not valid UTF-8")
-            continue
-        if _is_dir(e):
-            names.append(e.name)
-    classes = tuple(sorted(names))
-    if not classes:
-        raise CnnSearchError(f"{label}: holds no class subfolders; put each class's images in its own subfolder")
-    if len(classes) == 1:
-        raise CnnSearchError(f"{label}: holds one class subfolder ({classes[0]!r}); a classifier needs two "
-                             "classes or more")
+    classes = _class_names(root, label, skip)
     exts = image_extensions()
     files: list[FileEntry] = []
     for index, name in enumerate(classes):
-        found: list[FileEntry] = []
-        pending = [name]
-        seen: set[tuple[int, int]] = set()  # (device, inode) of each folder walked: a symlink loop ends here
-        while pending:
-            rel_dir = pending.pop()
-            try:
-                st_dir = os.stat(root / rel_dir)
-                if (st_dir.st_dev, st_dir.st_ino) in seen:
-                    skip(rel_dir, "a symlink loop: this folder was already read")
-                    continue
-                seen.add((st_dir.st_dev, st_dir.st_ino))
-                listing = sorted(os.scandir(root / rel_dir), key=lambda e: e.name)
-            except OSError as exc:
-                if rel_dir == name:
-                    raise CnnSearchError(f"{label}: cannot read the class folder {name!r} "
-                                         f"({exc.strerror or exc})") from None
-                skip(rel_dir, exc.strerror or str(exc))
-                continue
-            for entry in listing:
-                if entry.name.startswith("."):
-                    continue
-                rel = f"{rel_dir}/{entry.name}"
-                if not _printable(entry.name):
-                    skip(rel, "its name is not valid UTF-8")
-                elif _is_dir(entry):
-                    pending.append(rel)
-                elif os.path.splitext(entry.name)[1].lower() in exts:
-                    try:
-                        st = entry.stat()  # follows symlinks, like ImageFolder
-                    except OSError as exc:  # a broken symlink, a symlink loop
-                        skip(rel, "a broken symlink" if entry.is_symlink() else exc.strerror or str(exc))
-                        continue
-                    found.append((rel, index, st.st_size, st.st_mtime_ns))
+        found = _class_files(root, name, index, exts, label, skip)
         if not found:
             raise CnnSearchError(f"{label}: class folder {name!r} holds no images")
         files += sorted(found)
@@ -133,6 +82,70 @@ def scan(root: Path, warnings: list[str] | None = None) -> tuple[tuple[str, ...]
                                                    if len(skipped) > SHOW_PATHS else "")
         warnings.append(f"skipped {len(skipped)} entr{'ies' if len(skipped) > 1 else 'y'} in {root}: {shown}")
     return classes, files
+
+
+def _class_names(root: Path, label: str, skip: Callable[[str, str], None]) -> tuple[str, ...]:
+    """The sorted names of ``root``'s visible subfolders; at least two, or an error that says so."""
+    if not root.is_dir():
+        raise CnnSearchError(f"{label}: no such folder" if not root.exists() else f"{label}: is not a folder")
+    try:
+        entries = list(os.scandir(root))
+    except OSError as exc:
+        raise CnnSearchError(f"{label}: cannot read it ({exc.strerror or exc})") from None
+    names: list[str] = []
+    for e in entries:
+        if e.name.startswith(".") or not _is_dir(e):
+            continue
+        if _printable(e.name):
+            names.append(e.name)
+        else:
+            skip(e.name, "its name is not valid UTF-8")
+    classes = tuple(sorted(names))
+    if not classes:
+        raise CnnSearchError(f"{label}: holds no class subfolders; put each class's images in its own subfolder")
+    if len(classes) == 1:
+        raise CnnSearchError(f"{label}: holds one class subfolder ({classes[0]!r}); a classifier needs two "
+                             "classes or more")
+    return classes
+
+
+def _class_files(root: Path, name: str, index: int, exts: Collection[str], label: str,
+                 skip: Callable[[str, str], None]) -> list[FileEntry]:
+    """Every image file under the class folder ``name`` (subfolders included), labelled ``index``."""
+    found: list[FileEntry] = []
+    pending = [name]
+    seen: set[tuple[int, int]] = set()  # (device, inode) of each folder walked: a symlink loop ends here
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            st_dir = os.stat(root / rel_dir)
+            if (st_dir.st_dev, st_dir.st_ino) in seen:
+                skip(rel_dir, "a symlink loop: this folder was already read")
+                continue
+            seen.add((st_dir.st_dev, st_dir.st_ino))
+            listing = sorted(os.scandir(root / rel_dir), key=lambda e: e.name)
+        except OSError as exc:
+            if rel_dir == name:
+                raise CnnSearchError(f"{label}: cannot read the class folder {name!r} "
+                                     f"({exc.strerror or exc})") from None
+            skip(rel_dir, exc.strerror or str(exc))
+            continue
+        for entry in listing:
+            if entry.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{entry.name}"
+            if not _printable(entry.name):
+                skip(rel, "its name is not valid UTF-8")
+            elif _is_dir(entry):
+                pending.append(rel)
+            elif os.path.splitext(entry.name)[1].lower() in exts:
+                try:
+                    st = entry.stat()  # follows symlinks, like ImageFolder
+                except OSError as exc:  # a broken symlink, a symlink loop
+                    skip(rel, "a broken symlink" if entry.is_symlink() else exc.strerror or str(exc))
+                    continue
+                found.append((rel, index, st.st_size, st.st_mtime_ns))
+    return found
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
