@@ -17,7 +17,7 @@ from rich.table import Table
 from cnnsearch.config.settings import fmt_amount
 from cnnsearch.results.text import fmt_acc, fmt_pct, fmt_value
 from cnnsearch.search.events import EpochDone, Event, TrialFinished, TrialStarted
-from cnnsearch.store.rows import TrialRow
+from cnnsearch.store.rows import BUDGET_ATTR, CAPPED_ATTR, TrialRow
 
 if TYPE_CHECKING:
     from cnnsearch.results.verdict import Finding
@@ -38,7 +38,7 @@ def stop_note(row: TrialRow) -> str:
     if row.status != "PRUNED":
         return ""
     a = row.attrs
-    if isinstance(budget := a.get("over_budget"), dict):
+    if isinstance(budget := a.get(BUDGET_ATTR), dict):
         return f"over budget: {budget['attr']} {fmt_amount(budget['value'])} > {fmt_amount(budget['max'])}"
     if isinstance(chance := a.get("at_chance"), dict):
         epoch = f" epoch {chance['epoch']}" if "epoch" in chance else ""  # older studies recorded no epoch
@@ -208,7 +208,7 @@ class SearchProgress:
             if task is not None:
                 self.inner.remove_task(task)
             self.console.print(trial_line(event.row), highlight=False)
-            if "lr_above_cap" not in event.row.attrs:  # a re-draw, not a trial of the budget
+            if CAPPED_ATTR not in event.row.attrs:  # a re-draw, not a trial of the budget
                 self.trials.advance(self.trial_task)
             if event.best is not None:
                 self.trials.update(self.trial_task, description=f"best {100 * event.best:.2f}%")

@@ -53,7 +53,7 @@ from cnnsearch.results.advice_rule import (
     said,
     scored_with,
 )
-from cnnsearch.store.rows import TrialRow, is_scored
+from cnnsearch.store.rows import BUDGET_ATTR, CAPPED_ATTR, TrialRow, is_scored
 
 DROPOUT_SPLIT = 0.1
 """Dropout below this counts as none: a continuous range rarely draws exactly 0."""
@@ -109,7 +109,7 @@ def head_advice(rows: Sequence[TrialRow], space_fixed: Collection[str] = ()) -> 
 def trained(row: TrialRow) -> bool:
     """A trial that trained: completed, pruned or diverged, but neither failed nor stopped before training (by a
     cost limit or the probe's cap)."""
-    untrained = "over_budget" in row.attrs or "lr_above_cap" in row.attrs
+    untrained = BUDGET_ATTR in row.attrs or CAPPED_ATTR in row.attrs
     return row.status in ("COMPLETE", "PRUNED", "DIVERGED") and not untrained
 
 

@@ -16,7 +16,7 @@ from cnnsearch.results.pareto import cost_of, fmt_cost, smallest_within_noise
 from cnnsearch.results.saved import METRICS_FILE, read_metrics, scores_from_metrics
 from cnnsearch.results.text import fmt_acc, fmt_pct, fmt_seconds, fmt_value
 from cnnsearch.store.record import RUN_ATTR, SETTINGS_ATTR
-from cnnsearch.store.rows import TrialRow, best_first
+from cnnsearch.store.rows import CAPPED_ATTR, TrialRow, best_first
 
 if TYPE_CHECKING:
     import optuna
@@ -107,7 +107,7 @@ def budget(study: optuna.Study, rows: Sequence[TrialRow]) -> list[tuple[str, str
     counts = Counter(r.status for r in rows)
     by_status = ", ".join(f"{counts[s]} {s.lower()}" for s in STATUSES if counts[s])
     facts = data_facts(settings)
-    redrawn = sum("lr_above_cap" in r.attrs for r in rows)  # not counted toward the target
+    redrawn = sum(CAPPED_ATTR in r.attrs for r in rows)  # not counted toward the target
     facts.append(("trials", f"{len(rows)}" + (f" of {target} targeted" if target else "") + f": {by_status}"
                   + (f" ({redrawn} of the pruned re-drawn, above the probe's cap)" if redrawn else "")))
     for key, label in (("epochs", "epochs per fold"), ("folds", "folds"), ("seed", "seed"),

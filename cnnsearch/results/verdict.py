@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnsearch.results.text import fmt_seconds
 from cnnsearch.store.record import DATA_ATTR, SETTINGS_ATTR
-from cnnsearch.store.rows import TrialRow, best_first, row_of
+from cnnsearch.store.rows import BUDGET_ATTR, CAPPED_ATTR, TrialRow, best_first, row_of
 
 if TYPE_CHECKING:
     import optuna
@@ -185,10 +185,10 @@ def budget(facts: Facts) -> Finding | None:
     ends = [t.datetime_complete for t in facts.trials if t.datetime_complete is not None]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
     training = sum(r.duration_s or 0.0 for r in rows)
-    pruned = [r for r in rows if r.status == "PRUNED" and "over_budget" not in r.attrs]
+    pruned = [r for r in rows if r.status == "PRUNED" and BUDGET_ATTR not in r.attrs]
     reasons = {"at chance": sum("at_chance" in r.attrs for r in pruned),
                "behind the best": sum("behind_best" in r.attrs for r in pruned),
-               "over the probe's cap": sum("lr_above_cap" in r.attrs for r in pruned)}
+               "over the probe's cap": sum(CAPPED_ATTR in r.attrs for r in pruned)}
     reasons["by the pruner's rule"] = len(pruned) - sum(reasons.values())
     why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
     text = (f"Budget: {len(rows)} trials in {fmt_seconds(wall)} of wall time ({fmt_seconds(training)} of training "

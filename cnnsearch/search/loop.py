@@ -12,7 +12,7 @@ from cnnsearch.config.settings import LIMITS, Config, RunSettings, fmt_amount
 from cnnsearch.runtime.cores import IDLE, PARKED, TRAINING, cpu_cores, set_threads, warm_up
 from cnnsearch.search.events import Emit, SearchResult, TrialFinished, ignore
 from cnnsearch.store.record import finished_count
-from cnnsearch.store.rows import TrialRow, row_of, trial_rows
+from cnnsearch.store.rows import BUDGET_ATTR, TrialRow, row_of, trial_rows
 
 if TYPE_CHECKING:
     import optuna
@@ -229,14 +229,14 @@ def divergence_notes(rows: Sequence[TrialRow]) -> list[str]:
 
 def budget_notes(rows: Sequence[TrialRow], run: RunSettings) -> list[str]:
     """What the cost limits did: how many trials were over them (never trained), and advice when all were."""
-    over = [r for r in rows if isinstance(r.attrs.get("over_budget"), dict)]
+    over = [r for r in rows if isinstance(r.attrs.get(BUDGET_ATTR), dict)]
     if not over:
         return []
     limits = ", ".join(f"--{name.replace('_', '-')} {fmt_amount(getattr(run, name))}" for name in LIMITS
                        if getattr(run, name) is not None)
     if len(over) == len([r for r in rows if r.status not in ("RUNNING", "WAITING")]):
-        cheapest = min(over, key=lambda r: over_by(r.attrs["over_budget"]))
-        b = cheapest.attrs["over_budget"]
+        cheapest = min(over, key=lambda r: over_by(r.attrs[BUDGET_ATTR]))
+        b = cheapest.attrs[BUDGET_ATTR]
         return [f"Every trial ({len(over)}) was over the cost limits ({limits}) and none trained: the cheapest, "
                 f"trial {cheapest.number}, has {b['attr']} {fmt_amount(b['value'])} against --{b['limit']} "
                 f"{fmt_amount(b['max'])}. "

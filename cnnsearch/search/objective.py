@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cnnsearch.config.defaults import PACK_AUTO_DEVICES
 from cnnsearch.config.settings import LIMITS, Config, RunSettings, fmt_amount
 from cnnsearch.search.events import Emit, EpochDone, TrialStarted
+from cnnsearch.store.rows import BUDGET_ATTR, CAPPED_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -239,7 +240,7 @@ class Objective:
         bound = cap_for(self.caps, params.to_dict()) if self.caps else None
         if bound is None or params.lr <= bound.cap:
             return
-        trial.set_user_attr("lr_above_cap", {"lr": params.lr, "cap": bound.cap, "probed_layers": bound.layers,
+        trial.set_user_attr(CAPPED_ATTR, {"lr": params.lr, "cap": bound.cap, "probed_layers": bound.layers,
                                              "explode_lr": bound.explode_lr})
         trial.report(0.0, 0)
         raise optuna.TrialPruned(f"lr {params.lr:.3g} is above the probe's cap {bound.cap:.3g} for "
@@ -262,7 +263,7 @@ class Objective:
         for key, value in cost.attrs().items():
             trial.set_user_attr(key, value)
         if over is not None:
-            trial.set_user_attr("over_budget", over)
+            trial.set_user_attr(BUDGET_ATTR, over)
             raise optuna.TrialPruned(f"over budget: {over['attr']} {fmt_amount(over['value'])} > --{over['limit']} "
                                      f"{fmt_amount(over['max'])}")
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from cnnsearch.config.settings import Config, RunSettings, settings_differences
 from cnnsearch.config.space import space_from_dict
 from cnnsearch.errors import RUNTIME, CnnSearchError
+from cnnsearch.store.rows import CAPPED_ATTR
 from cnnsearch.store.storage import load_study, open_storage
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def finished_count(study: optuna.Study, redraws: int = 0) -> tuple[int, int]:
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     running = sum(t.state == TrialState.RUNNING for t in trials)
-    capped = sum(t.state == TrialState.PRUNED and "lr_above_cap" in t.user_attrs for t in trials)
+    capped = sum(t.state == TrialState.PRUNED and CAPPED_ATTR in t.user_attrs for t in trials)
     return len(trials) - running - min(capped, redraws), running
 
 

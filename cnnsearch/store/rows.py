@@ -13,6 +13,13 @@ from cnnsearch.errors import RUNTIME, CnnSearchError
 if TYPE_CHECKING:
     import optuna
 
+CAPPED_ATTR = "lr_above_cap"
+"""Trial user attribute of a trial that ``run --probe`` stopped untrained: its rate was above the probe's cap
+(``lr``, ``cap``, the probed combination). Such a trial is a re-draw, not a trial of the budget."""
+
+BUDGET_ATTR = "over_budget"
+"""Trial user attribute of a trial stopped untrained over a cost limit (``limit``, ``value``, ``max``)."""
+
 
 @dataclass(frozen=True)
 class TrialRow:
