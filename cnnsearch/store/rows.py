@@ -18,7 +18,8 @@ CAPPED_ATTR = "lr_above_cap"
 (``lr``, ``cap``, the probed combination). Such a trial is a re-draw, not a trial of the budget."""
 
 BUDGET_ATTR = "over_budget"
-"""Trial user attribute of a trial stopped untrained over a cost limit (``limit``, ``value``, ``max``)."""
+"""Trial user attribute of a trial stopped untrained over a cost limit: the limit's option (``limit``) and value
+(``max``), the cost attribute (``attr``) and the configuration's ``value``."""
 
 
 @dataclass(frozen=True)
