@@ -130,3 +130,25 @@ def test_a_probe_over_a_fixed_rate_is_refused(runner: CliRunner, in_tmp: Path) -
     assert result.stderr.strip() == ("Error: --probe: --lr is fixed at 0.01; the probe bounds a range of learning "
                                      "rates, give one, e.g. --lr 1e-4:1")
     assert not (in_tmp / "studies").exists()
+
+
+@pytest.mark.parametrize(("args", "toml", "line"), [
+    (["--lr", "1:1e-4"], None, "Error: --lr: low 1 is greater than high 0.0001 in '1:1e-4'"),
+    (["--layers", "5:2"], None, "Error: --layers: low 5 is greater than high 2 in '5:2'"),
+    (["--optimizer", ""], None, "Error: --optimizer: empty value; use low:high, a,b,c or a single value"),
+    (["--batchnorm", ","], None, "Error: --batchnorm: '' is not allowed; use true or false"),
+    ([], "[space]\nlayers = []\n", "Error: space.layers in {toml}: the array is empty; list at least one value"),
+], ids=["lr-reversed", "layers-reversed", "optimizer-empty", "batchnorm-empty", "toml-empty-array"])
+@pytest.mark.parametrize("command", [["probe"], ["run", "--study", "e", "--probe"]], ids=["probe", "run"])
+def test_an_empty_space_is_refused(runner: CliRunner, in_tmp: Path, command: list[str], args: list[str],
+                                   toml: str | None, line: str) -> None:
+    """A space with nothing to probe in one of its dimensions is refused before any range test, with one line that
+    names the value, by ``probe`` and ``run --probe`` alike, and no study is made."""
+    if toml is not None:
+        (in_tmp / "space.toml").write_text(toml, encoding="utf-8")
+        args = ["--config", "space.toml"]
+        line = line.format(toml="space.toml")
+    result = runner.invoke(app, [*command, *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == line
+    assert not (in_tmp / "studies").exists()
