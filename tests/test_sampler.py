@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import math
 import random
+from typing import Any
 
 import optuna
 import pytest
@@ -12,7 +13,14 @@ import torch
 from torch import nn
 
 from cnnsearch.config.space import build_space
-from cnnsearch.search.sampler import MIN_FIT, PRIOR_SLOPES, SLOPE_BOUNDS, CostAwareTPESampler, fit_slopes
+from cnnsearch.search.sampler import (
+    MIN_FIT,
+    PRIOR_SLOPES,
+    SLOPE_BOUNDS,
+    CostAwareTPESampler,
+    TrainedStartupTPESampler,
+    fit_slopes,
+)
 from cnnsearch.search.suggest import suggest
 from cnnsearch.training.model import build_model, conv_macs
 from cnnsearch.training.params import TrialParams, params_from_dict
@@ -126,5 +134,35 @@ def test_a_search_samples_cost_aware_unless_the_weight_is_zero() -> None:
     assert isinstance(sampler, CostAwareTPESampler)
     assert sampler._fixed == {"width": 32, "layers": 3}  # dimensions the space fixes are never drawn
     plain = make_sampler(Config(run=RunSettings(cost_weight=0)), 0, image=(1, 8))
-    assert type(plain) is optuna.samplers.TPESampler
-    assert type(make_sampler(Config(), 0)) is optuna.samplers.TPESampler  # no image yet (opening the study)
+    assert type(plain) is TrainedStartupTPESampler
+    assert type(make_sampler(Config(), 0)) is TrainedStartupTPESampler  # no image yet (opening the study)
+
+
+def test_the_start_up_draws_do_not_count_trials_the_cap_stopped() -> None:
+    """Two trained trials and two the probe's cap stopped: Optuna's TPE (start-up 3) would model four finished
+    trials; this one still draws at random until three have trained."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from cnnsearch.store.rows import CAPPED_ATTR
+
+    space = {"lr": FloatDistribution(1e-4, 10, log=True), "dropout": FloatDistribution(0, 0.5)}
+
+    def trained(lr: float, value: float) -> optuna.trial.FrozenTrial:
+        return create_trial(params={"lr": lr, "dropout": 0.2}, distributions=space, value=value)
+
+    capped = [create_trial(params={"lr": lr, "dropout": 0.2}, distributions=space, state=TrialState.PRUNED,
+                           intermediate_values={0: 0.0}, user_attrs={CAPPED_ATTR: {"lr": lr, "cap": 1.0}})
+              for lr in (5.0, 8.0)]
+
+    def relative(sampler: optuna.samplers.BaseSampler, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.add_trials(trials)
+        trial = study.ask()  # runs before_trial
+        return sampler.sample_relative(study, study._storage.get_trial(trial._trial_id), space)
+
+    kwargs: dict[str, Any] = {"n_startup_trials": 3, "multivariate": True, "seed": 0}
+    two = [trained(1e-3, 0.5), trained(1e-2, 0.9), *capped]
+    assert relative(optuna.samplers.TPESampler(**kwargs), two) != {}  # Optuna's TPE counts the capped trials
+    assert relative(TrainedStartupTPESampler(**kwargs), two) == {}  # still a random start-up draw
+    assert relative(TrainedStartupTPESampler(**kwargs), [*two, trained(3e-2, 0.95)]) != {}  # three trained

@@ -24,6 +24,7 @@ Optuna has no public hook for the acquisition, so this overrides ``TPESampler._c
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from cnnsearch.config.defaults import PRIOR_SLOPES
+from cnnsearch.config.settings import Config
+from cnnsearch.store.rows import CAPPED_ATTR
 from cnnsearch.training.model import conv_macs
 
 if TYPE_CHECKING:
@@ -38,13 +42,6 @@ if TYPE_CHECKING:
     from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
     from optuna.study import Study
     from optuna.trial import FrozenTrial
-import warnings
-
-from cnnsearch.config.defaults import PRIOR_SLOPES
-from cnnsearch.config.settings import Config
-
-if TYPE_CHECKING:
-    import optuna
 
 
 COST_DIMS = ("layers", "width", "growth", "batch_size")
@@ -87,7 +84,27 @@ def fit_slopes(points: Sequence[tuple[float, int, float]]) -> tuple[float, float
     return min(max(b, b_lo), b_hi), min(max(c, c_lo), c_hi)
 
 
-class CostAwareTPESampler(optuna.samplers.TPESampler):
+class TrainedStartupTPESampler(optuna.samplers.TPESampler):
+    """:class:`optuna.samplers.TPESampler` whose random start-up counts only the trials that trained.
+
+    TPE draws at random until ``n_startup_trials`` trials have finished, COMPLETE or PRUNED. A trial the probe's cap
+    stopped untrained (``lr_above_cap``, PRUNED at step 0 with the worst score) is PRUNED too, so each one would use
+    up a start-up draw and leave TPE fewer trained observations to model. Here the start-up goes on for one more
+    draw per such trial. Optuna keeps the count in ``_n_startup_trials`` and has no public hook for it; this resets it
+    in :meth:`before_trial` (Optuna 5.x; ``tests/test_sampler.py`` fails if that stops working).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._trained_startup = int(kwargs.get("n_startup_trials", 10))
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        finished = study._get_trials(deepcopy=False, states=(TrialState.PRUNED,), use_cache=True)
+        self._n_startup_trials = self._trained_startup + sum(CAPPED_ATTR in t.user_attrs for t in finished)
+        super().before_trial(study, trial)
+
+
+class CostAwareTPESampler(TrainedStartupTPESampler):
     """:class:`optuna.samplers.TPESampler` that weighs each candidate's EI against its predicted epoch time.
 
     Args:
@@ -172,7 +189,7 @@ def make_sampler(config: Config, worker: int, history: int = 0,
     with warnings.catch_warnings():  # group is experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if image is None or config.run.cost_weight == 0:
-            return optuna.samplers.TPESampler(**kwargs)
+            return TrainedStartupTPESampler(**kwargs)
         # parse_dim stores a range with low == high as a single choice, so Dim.fixed covers both spellings.
         fixed = {n: config.space[n].fixed for n in COST_DIMS if config.space[n].fixed is not None}
         return CostAwareTPESampler(image=image, fixed=fixed, cost_weight=config.run.cost_weight, **kwargs)
