@@ -135,6 +135,14 @@ def test_the_stability_map_draws_the_probes_edge_and_cap(probed: optuna.Study) -
     assert steps, "no depth has a finite cap"
 
 
+def test_the_report_shows_the_probes_edge_on_its_stability_map(probed: optuna.Study) -> None:
+    """The report draws the same stability map: its inline SVG keeps the legend as text."""
+    from cnnsearch.results.report import build_report
+
+    html = build_report(probed)
+    assert "probe: explodes above" in html and "probe: cap applied" in html
+
+
 def test_diverged_trials_are_marked_by_kind_and_no_probe_means_no_probe_line(in_tmp: Path) -> None:
     study = handmade_study(in_tmp, {2: "nan", 3: "inf", 4: "explode", 5: None})
     fig = plot_stability(gather(study))
